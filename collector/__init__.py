@@ -1,0 +1,1 @@
+"""The collector: OTLP/HTTP in, an exactly-once DuckDB ledger and Prometheus metrics out."""

@@ -1,0 +1,65 @@
+"""The ledger's tables (DESIGN §4). Column names are a public contract: users query them with plain SQL.
+
+Costs are DECIMAL so that sums are exact to the cent; NULL cost means "could not be priced", never $0.
+Span and trace ids are lowercase hex, as every OpenTelemetry UI shows them.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version     INTEGER NOT NULL,
+    applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS attempts (
+    trace_id            VARCHAR NOT NULL,   -- 32 hex chars
+    span_id             VARCHAR NOT NULL,   -- 16 hex chars
+    parent_span_id      VARCHAR,
+    task_id             VARCHAR,            -- costline.task.id; NULL for other emitters' spans
+    task_type           VARCHAR,
+    tier                VARCHAR,            -- primary | fallback | escalation
+    attempt_index       INTEGER,
+    provider            VARCHAR NOT NULL,   -- gen_ai.provider.name (or gen_ai.system)
+    operation           VARCHAR,            -- gen_ai.operation.name
+    request_model       VARCHAR,
+    response_model      VARCHAR,
+    outcome             VARCHAR NOT NULL,   -- success | error
+    error_type          VARCHAR,            -- error.type on failures
+    escalation_reason   VARCHAR,            -- threshold | critical | requested
+    start_time          TIMESTAMPTZ NOT NULL,
+    end_time            TIMESTAMPTZ NOT NULL,
+    duration_s          DOUBLE NOT NULL,
+    input_tokens        BIGINT,             -- ALL input tokens, cache reads and writes included
+    output_tokens       BIGINT,
+    cache_read_tokens   BIGINT,
+    cache_write_tokens  BIGINT,
+    local_compute_s     DOUBLE,             -- costline.local.compute_seconds
+    cost_usd            DECIMAL(18, 9),     -- NULL: unpriced
+    counterfactual_usd  DECIMAL(18, 9),     -- local successes: the same tokens on the escalation model
+    reported_cost_usd   DECIMAL(18, 9),     -- a cost the emitter carried (gen_ai.usage.cost, operation.cost)
+    price_source        VARCHAR,            -- config | genai-prices | local-compute | local-free | unpriced
+    server_address      VARCHAR,
+    server_port         INTEGER,
+    service_name        VARCHAR,
+    ingested_at         TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS tasks (
+    trace_id     VARCHAR NOT NULL,
+    span_id      VARCHAR NOT NULL,
+    task_id      VARCHAR NOT NULL,
+    task_type    VARCHAR,
+    critical     BOOLEAN,
+    outcome      VARCHAR,                   -- completed | failed | quota_exhausted
+    escalated    BOOLEAN,
+    attempts     INTEGER,
+    start_time   TIMESTAMPTZ NOT NULL,
+    end_time     TIMESTAMPTZ NOT NULL,
+    duration_s   DOUBLE NOT NULL,
+    service_name VARCHAR,
+    ingested_at  TIMESTAMPTZ NOT NULL
+);
+"""

@@ -1,0 +1,40 @@
+"""The Typer application and the options every command shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from costline.config import Config, ConfigError, load_config
+
+app = typer.Typer(
+    name="costline",
+    help="Local-first LLM routing with an exact cost ledger.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML config file (default: $COSTLINE_CONFIG, else built-in defaults)."),
+]
+
+
+def load_or_exit(path: Path | None) -> Config:
+    """Load the config, or print the problem (key, value, fix) and exit with status 2."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        fail(str(exc), code=2)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(Text.assemble(("error: ", "bold red"), message), highlight=False)
+    raise typer.Exit(code)

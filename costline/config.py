@@ -1,0 +1,346 @@
+"""One TOML file configures router and collector alike (DESIGN §6).
+
+Resolution order: built-in defaults, then the file (``--config PATH`` or ``COSTLINE_CONFIG``), then the
+environment. Every problem is a :class:`ConfigError` naming the key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+CONFIG_ENV = "COSTLINE_CONFIG"
+SECRET_KEY_NAMES = ("api_key", "anthropic_api_key", "x_api_key", "auth_token", "ingest_token", "token")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who has to fix it."""
+
+    def __init__(self, key: str, value: object, fix: str, source: str | None = None) -> None:
+        self.key, self.value, self.fix, self.source = key, value, fix, source
+        where = f" (from {source})" if source else ""
+        shown = "<redacted>" if _looks_secret(key) else repr(value)
+        super().__init__(f"config error: {key} = {shown}{where}: {fix}")
+
+
+def _looks_secret(key: str) -> bool:
+    last = key.rsplit(".", 1)[-1].lower()
+    return last in SECRET_KEY_NAMES or "key" in last or "token" in last or "secret" in last
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    ollama_host: str = "http://127.0.0.1:11434"
+    models: tuple[str, ...] = ("qwen2.5-coder:14b", "qwen3:30b-a3b", "llama3.1:70b")
+    timeout_s: float = 120.0
+    usage_db: str = ""  # empty: $XDG_STATE_HOME/costline/usage.sqlite
+    max_retry_wait_s: float = 30.0  # longest retry-after the router will honour
+    max_retries: int = 2  # extra attempts on a retryable escalation error (429, 529, 5xx, timeout)
+
+
+@dataclass(frozen=True)
+class EscalationConfig:
+    enabled: bool = True
+    model: str = "claude-sonnet-4-6"
+    threshold: int = 2
+    critical_task_types: tuple[str, ...] = ("code_generation", "file_write", "batch_process")
+    max_calls_per_hour: int = 50
+    base_url: str = ""  # empty: ANTHROPIC_BASE_URL or the SDK default
+    max_tokens: int = 4096
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    daily_usd: float = 5.0  # 0: no daily budget
+    monthly_usd: float = 100.0  # 0: no monthly budget
+
+
+@dataclass(frozen=True)
+class LocalComputeConfig:
+    usd_per_hour: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """A price override, USD per million tokens."""
+
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    otlp_endpoint: str = "http://127.0.0.1:4318"
+    capture_content: bool = False
+    service_name: str = "costline-router"
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    host: str = "127.0.0.1"
+    otlp_port: int = 4318
+    metrics_port: int = 9464
+    ledger: str = "costline.duckdb"
+    max_request_bytes: int = 16 * 1024 * 1024  # after decompression
+    max_queued_spans: int = 200_000  # beyond this, ingest answers 503 with Retry-After
+    flush_interval_s: float = 0.05  # longest a request waits for its batch to commit
+
+
+@dataclass(frozen=True)
+class Config:
+    router: RouterConfig = field(default_factory=RouterConfig)
+    escalation: EscalationConfig = field(default_factory=EscalationConfig)
+    budgets: BudgetConfig = field(default_factory=BudgetConfig)
+    local_compute: LocalComputeConfig = field(default_factory=LocalComputeConfig)
+    prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
+    source: str = "defaults"
+
+    @property
+    def anthropic_api_key(self) -> str | None:
+        """The key is read from the environment only, and never stored on the config."""
+        return os.environ.get("ANTHROPIC_API_KEY") or None
+
+    @property
+    def ingest_token(self) -> str | None:
+        """Optional bearer token that OTLP ingest requires (env ``COSTLINE_INGEST_TOKEN`` only)."""
+        return os.environ.get("COSTLINE_INGEST_TOKEN") or None
+
+    @property
+    def usage_db_path(self) -> Path:
+        if self.router.usage_db:
+            return Path(self.router.usage_db).expanduser()
+        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(state) / "costline" / "usage.sqlite"
+
+    def is_critical(self, task_type: str) -> bool:
+        return task_type in self.escalation.critical_task_types
+
+
+_SECTIONS: dict[str, type] = {
+    "router": RouterConfig,
+    "escalation": EscalationConfig,
+    "budgets": BudgetConfig,
+    "local_compute": LocalComputeConfig,
+    "telemetry": TelemetryConfig,
+    "collector": CollectorConfig,
+}
+
+# Conventional variables that users already set for these tools.
+_WELL_KNOWN_ENV: dict[str, tuple[str, str]] = {
+    "OLLAMA_HOST": ("router", "ollama_host"),
+    "ANTHROPIC_BASE_URL": ("escalation", "base_url"),
+    "COSTLINE_LEDGER": ("collector", "ledger"),
+    "COSTLINE_OTLP_ENDPOINT": ("telemetry", "otlp_endpoint"),
+    "COSTLINE_USAGE_DB": ("router", "usage_db"),
+}
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load and validate the configuration; ``path=None`` falls back to ``$COSTLINE_CONFIG``, then defaults."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    chosen = path if path is not None else env.get(CONFIG_ENV) or None
+    if chosen is not None:
+        file = Path(chosen).expanduser()
+        source = str(file)
+        if not file.is_file():
+            raise ConfigError(
+                "--config", str(file), f"no such file; create it or unset {CONFIG_ENV}", source="command line"
+            )
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("<file>", str(file), f"not valid TOML: {exc}", source=source) from None
+    return _build(raw, env, source)
+
+
+def _build(raw: dict[str, Any], env: Mapping[str, str], source: str) -> Config:
+    for key in raw:
+        if key not in _SECTIONS and key != "prices":
+            raise ConfigError(
+                key, raw[key], f"unknown section; known sections: {', '.join([*_SECTIONS, 'prices'])}", source
+            )
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(name, table, f"must be a table: [{name}]", source)
+        sections[name] = _section(name, cls, table, env, source)
+    prices = _prices(raw.get("prices", {}), source)
+    config = Config(**sections, prices=prices, source=source)
+    _validate(config)
+    return config
+
+
+def _section(name: str, cls: type, table: dict[str, Any], env: Mapping[str, str], source: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{name}.{key}"
+        if _looks_secret(key) and key not in known:
+            raise ConfigError(
+                dotted,
+                value,
+                "secrets never go in the config file; remove it and set ANTHROPIC_API_KEY "
+                "(or COSTLINE_INGEST_TOKEN for ingest) in the environment",
+                source,
+            )
+        if key not in known:
+            raise ConfigError(dotted, value, f"unknown key; known keys in [{name}]: {', '.join(known)}", source)
+        values[key] = _coerce(dotted, value, known[key].type, source)
+    for env_name, (section, key) in _WELL_KNOWN_ENV.items():
+        if section == name and env.get(env_name):
+            values[key] = env[env_name]
+    for key, f in known.items():
+        env_name = f"COSTLINE_{name}_{key}".upper()
+        if env_name in env:
+            values[key] = _coerce(f"{name}.{key}", _parse_env(env[env_name], f.type), f.type, env_name)
+    return replace(cls(), **values)
+
+
+def _parse_env(text: str, annotation: Any) -> Any:
+    kind = str(annotation)
+    if "tuple" in kind:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if kind == "bool":
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        return text
+    if kind in ("int", "float"):
+        try:
+            return int(text) if kind == "int" else float(text)
+        except ValueError:
+            return text
+    return text
+
+
+def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
+    kind = str(annotation)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(key, value, "must be true or false", source)
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, value, "must be a whole number", source)
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, value, "must be a number", source)
+        return float(value)
+    if "tuple" in kind:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(key, value, 'must be a list of non-empty strings, e.g. ["a", "b"]', source)
+        return tuple(value)
+    if not isinstance(value, str):
+        raise ConfigError(key, value, "must be a string", source)
+    return value
+
+
+_PRICE_KEYS = tuple(f.name for f in fields(ModelPrice))
+
+
+def _prices(table: Any, source: str) -> dict[str, ModelPrice]:
+    if not isinstance(table, dict):
+        raise ConfigError("prices", table, 'must be tables: [prices."model-name"]', source)
+    prices: dict[str, ModelPrice] = {}
+    for model, entry in table.items():
+        key = f'prices."{model}"'
+        if not isinstance(entry, dict):
+            raise ConfigError(key, entry, "must be a table with input and output (USD per million tokens)", source)
+        for name, value in entry.items():
+            if name not in _PRICE_KEYS:
+                raise ConfigError(f"{key}.{name}", value, f"unknown key; known: {', '.join(_PRICE_KEYS)}", source)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"{key}.{name}", value, "must be a number >= 0 (USD per million tokens)", source)
+        for required in ("input", "output"):
+            if required not in entry:
+                raise ConfigError(
+                    f"{key}.{required}", None, "missing; give input and output in USD per million tokens", source
+                )
+        prices[model] = ModelPrice(**{k: float(v) for k, v in entry.items()})
+    return prices
+
+
+def _check(ok: bool, key: str, value: object, fix: str, source: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, fix, source)
+
+
+def _validate(c: Config) -> None:
+    s = c.source
+    r, e, b, col = c.router, c.escalation, c.budgets, c.collector
+    _check(bool(r.models), "router.models", list(r.models), 'list at least one Ollama model, e.g. ["qwen3:8b"]', s)
+    _check(len(set(r.models)) == len(r.models), "router.models", list(r.models), "list each model once", s)
+    _check(_is_url(r.ollama_host), "router.ollama_host", r.ollama_host, 'use a URL like "http://127.0.0.1:11434"', s)
+    _check(r.timeout_s > 0, "router.timeout_s", r.timeout_s, "must be > 0 seconds, e.g. 120", s)
+    _check(r.max_retry_wait_s >= 0, "router.max_retry_wait_s", r.max_retry_wait_s, "must be >= 0 seconds", s)
+    _check(r.max_retries >= 0, "router.max_retries", r.max_retries, "must be >= 0", s)
+    _check(e.threshold >= 1, "escalation.threshold", e.threshold, "must be >= 1 (local failures before escalating)", s)
+    _check(bool(e.model), "escalation.model", e.model, 'name a Claude model, e.g. "claude-sonnet-4-6"', s)
+    _check(
+        e.max_calls_per_hour >= 0,
+        "escalation.max_calls_per_hour",
+        e.max_calls_per_hour,
+        "must be >= 0 (0 refuses every escalation)",
+        s,
+    )
+    _check(e.max_tokens >= 1, "escalation.max_tokens", e.max_tokens, "must be >= 1", s)
+    _check(not e.base_url or _is_url(e.base_url), "escalation.base_url", e.base_url, 'use a URL like "https://…"', s)
+    _check(b.daily_usd >= 0, "budgets.daily_usd", b.daily_usd, "must be >= 0 (0 means no daily budget)", s)
+    _check(b.monthly_usd >= 0, "budgets.monthly_usd", b.monthly_usd, "must be >= 0 (0 means no monthly budget)", s)
+    _check(
+        c.local_compute.usd_per_hour >= 0,
+        "local_compute.usd_per_hour",
+        c.local_compute.usd_per_hour,
+        "must be >= 0 (USD per hour of local inference)",
+        s,
+    )
+    _check(
+        _is_url(c.telemetry.otlp_endpoint),
+        "telemetry.otlp_endpoint",
+        c.telemetry.otlp_endpoint,
+        'use a URL like "http://127.0.0.1:4318"',
+        s,
+    )
+    for key in ("otlp_port", "metrics_port"):
+        port = getattr(col, key)
+        _check(0 <= port <= 65535, f"collector.{key}", port, "must be a TCP port, 0-65535 (0 picks a free one)", s)
+    _check(
+        col.otlp_port == 0 or col.otlp_port != col.metrics_port,
+        "collector.metrics_port",
+        col.metrics_port,
+        "must differ from collector.otlp_port",
+        s,
+    )
+    _check(bool(col.ledger), "collector.ledger", col.ledger, 'name a DuckDB file, e.g. "costline.duckdb"', s)
+    _check(col.max_request_bytes > 0, "collector.max_request_bytes", col.max_request_bytes, "must be > 0", s)
+    _check(col.max_queued_spans > 0, "collector.max_queued_spans", col.max_queued_spans, "must be > 0", s)
+    _check(col.flush_interval_s > 0, "collector.flush_interval_s", col.flush_interval_s, "must be > 0", s)
+
+
+def _is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://")) and len(text) > len("https://")
+
+
+def with_overrides(config: Config, **sections: Callable[[Any], Any] | Mapping[str, Any]) -> Config:
+    """A copy with some keys changed, validated again: ``with_overrides(c, escalation={"threshold": 1})``."""
+    changed: dict[str, Any] = {}
+    for name, values in sections.items():
+        current = getattr(config, name)
+        changed[name] = values(current) if callable(values) else replace(current, **values)
+    updated = replace(config, **changed)
+    _validate(updated)
+    return updated

@@ -1,0 +1,107 @@
+"""The config contract: defaults, file, environment, and errors that name key, value and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from costline.config import ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "costline.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_match_the_design() -> None:
+    config = load_config(env={})
+    assert config.router.models[0] == "qwen2.5-coder:14b"
+    assert config.escalation.threshold == 2
+    assert config.escalation.max_calls_per_hour == 50
+    assert config.collector.otlp_port == 4318
+    assert config.collector.metrics_port == 9464
+    assert config.is_critical("code_generation") and not config.is_critical("code")
+
+
+def test_file_values_and_price_overrides(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[router]
+models = ["a:1b", "b:2b"]
+[escalation]
+threshold = 3
+[prices."my-model"]
+input = 1.0
+output = 2
+""",
+    )
+    config = load_config(path, env={})
+    assert config.router.models == ("a:1b", "b:2b")
+    assert config.escalation.threshold == 3
+    assert config.prices["my-model"].output == 2.0
+    assert config.source == str(path)
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[router]\nollama_host = "http://10.0.0.1:11434"\n')
+    env = {
+        "OLLAMA_HOST": "http://127.0.0.1:9999",
+        "COSTLINE_ESCALATION_MAX_CALLS_PER_HOUR": "7",
+        "COSTLINE_ROUTER_MODELS": "x:1b, y:2b",
+    }
+    config = load_config(path, env=env)
+    assert config.router.ollama_host == "http://127.0.0.1:9999"
+    assert config.escalation.max_calls_per_hour == 7
+    assert config.router.models == ("x:1b", "y:2b")
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "[budgets]\ndaily_usd = 1.5\n")
+    assert load_config(env={"COSTLINE_CONFIG": str(path)}).budgets.daily_usd == 1.5
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fix_words"),
+    [
+        ("[router]\nmodles = []\n", "router.modles", "unknown key"),
+        ("[escalation]\nthreshold = -1\n", "escalation.threshold", "must be >= 1"),
+        ("[router]\nmodels = []\n", "router.models", "at least one"),
+        ('[budgets]\ndaily_usd = "five"\n', "budgets.daily_usd", "must be a number"),
+        ("[routr]\n", "routr", "unknown section"),
+        ('[prices."m"]\ninput = 1\n', 'prices."m".output', "missing"),
+        ("[router]\ntimeout_s = 0\n", "router.timeout_s", "> 0"),
+    ],
+)
+def test_bad_config_names_key_value_and_fix(tmp_path: Path, text: str, key: str, fix_words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={})
+    message = str(info.value)
+    assert info.value.key == key
+    assert key in message and fix_words in message
+
+
+def test_api_key_in_the_config_file_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    secret = "sk-ant-api03-SHOULD-NEVER-BE-PRINTED"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f'[escalation]\napi_key = "{secret}"\n'), env={})
+    assert "ANTHROPIC_API_KEY" in str(info.value)
+    assert secret not in str(info.value)
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+def test_invalid_toml_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[router\n"), env={})
+
+
+def test_the_documented_example_config_is_valid_and_equals_the_defaults() -> None:
+    example = Path(__file__).resolve().parents[1] / "docs" / "config.example.toml"
+    assert load_config(example, env={}).router == load_config(env={}).router
+    assert load_config(example, env={}).collector == load_config(env={}).collector
