@@ -1,0 +1,98 @@
+"""Local models through the real ``ollama`` client, streaming so a mid-stream error is caught."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ollama
+
+from costline.pricing import TokenUsage
+from router.errors import ProviderFailure, classify_ollama
+from router.providers import Endpoint, Reply
+
+NS_PER_S = 1e9
+
+
+class OllamaProvider:
+    name = "ollama"
+
+    def __init__(self, host: str, timeout_s: float) -> None:
+        self.host = host
+        self.timeout_s = timeout_s
+        self.endpoint = Endpoint.from_url(host)
+        # Clients are made on first use. They have no timeout by default: a hung server would block forever.
+        self._client: ollama.Client | None = None
+        self._async_client: ollama.AsyncClient | None = None
+
+    def chat(self, model: str, messages: Sequence[Mapping[str, Any]]) -> Reply:
+        if self._client is None:
+            self._client = ollama.Client(host=self.host, timeout=self.timeout_s)
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            collector = _StreamCollector(model, self.host, deadline)
+            for chunk in self._client.chat(model=model, messages=messages, stream=True):
+                collector.add(chunk)
+            return collector.reply()
+        except Exception as exc:
+            raise classify_ollama(exc, self.host) from exc
+
+    async def achat(self, model: str, messages: Sequence[Mapping[str, Any]]) -> Reply:
+        if self._async_client is None:
+            self._async_client = ollama.AsyncClient(host=self.host, timeout=self.timeout_s)
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            collector = _StreamCollector(model, self.host, deadline)
+            async for chunk in await self._async_client.chat(model=model, messages=messages, stream=True):
+                collector.add(chunk)
+            return collector.reply()
+        except Exception as exc:
+            raise classify_ollama(exc, self.host) from exc
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def aclose(self) -> None:
+        if self._async_client is not None:
+            await self._async_client.close()
+            self._async_client = None
+
+
+class _StreamCollector:
+    """Joins NDJSON chunks into one reply; the final ``done`` chunk carries usage and timings."""
+
+    def __init__(self, model: str, host: str, deadline: float) -> None:
+        self.model, self.host, self.deadline = model, host, deadline
+        self.parts: list[str] = []
+        self.final: ollama.ChatResponse | None = None
+
+    def add(self, chunk: ollama.ChatResponse) -> None:
+        # The client's timeout bounds each read; this bounds the whole answer.
+        if time.monotonic() > self.deadline:
+            raise ProviderFailure("timeout", f"Ollama at {self.host} was still streaming after the timeout")
+        if chunk.message is not None and chunk.message.content:
+            self.parts.append(chunk.message.content)
+        if chunk.done:
+            self.final = chunk
+
+    def reply(self) -> Reply:
+        if self.final is None:
+            raise ProviderFailure("stream_error", f"Ollama ended the stream for {self.model} without a final chunk")
+        text = "".join(self.parts)
+        final = self.final
+        usage = TokenUsage(input_tokens=final.prompt_eval_count or 0, output_tokens=final.eval_count or 0)
+        compute_ns = (final.prompt_eval_duration or 0) + (final.eval_duration or 0)
+        reply = Reply(
+            text=text,
+            response_model=final.model or self.model,
+            response_id=None,
+            finish_reasons=(final.done_reason,) if final.done_reason else (),
+            usage=usage,
+            compute_seconds=compute_ns / NS_PER_S,
+        )
+        if not text.strip():
+            raise ProviderFailure("empty_output", f"{self.model} returned an empty answer", reply=reply)
+        return reply

@@ -1,0 +1,136 @@
+"""Spans: one task span per task and one attempt span per model call, exactly as DESIGN §2."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from costline import spans as attr
+from costline.config import Config
+from router.providers import Endpoint, Reply
+from router.task import AttemptRecord, Task
+
+TRACES_PATH = "/v1/traces"
+INSTRUMENTATION_NAME = "costline.router"
+
+
+def build_tracer_provider(config: Config) -> TracerProvider:
+    """A provider exporting over OTLP/HTTP with a batch processor; standard ``OTEL_*`` variables win."""
+    if os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        exporter = OTLPSpanExporter()
+    else:
+        exporter = OTLPSpanExporter(endpoint=config.telemetry.otlp_endpoint.rstrip("/") + TRACES_PATH)
+    resource_attributes = (
+        {} if os.environ.get("OTEL_SERVICE_NAME") else {attr.SERVICE_NAME: config.telemetry.service_name}
+    )
+    provider = TracerProvider(resource=Resource.create(resource_attributes))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+class Telemetry:
+    def __init__(self, tracer_provider: trace.TracerProvider, capture_content: bool) -> None:
+        self.tracer = tracer_provider.get_tracer(INSTRUMENTATION_NAME)
+        self.capture_content = capture_content
+
+    def start_task(self, task: Task, critical: bool) -> trace.Span:
+        return self.tracer.start_span(
+            attr.task_span_name(task.type),
+            kind=SpanKind.INTERNAL,
+            attributes={attr.TASK_ID: task.id, attr.TASK_TYPE: task.type, attr.TASK_CRITICAL: critical},
+        )
+
+    def end_task(self, span: trace.Span, *, outcome: str, escalated: bool, attempts: int, error: str | None) -> None:
+        span.set_attribute(attr.TASK_OUTCOME, outcome)
+        span.set_attribute(attr.TASK_ESCALATED, escalated)
+        span.set_attribute(attr.TASK_ATTEMPTS, attempts)
+        if outcome == "completed":
+            span.set_status(Status(StatusCode.OK))
+        else:
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end()
+
+    def record_attempt(
+        self,
+        parent: trace.Span,
+        task: Task,
+        record: AttemptRecord,
+        *,
+        start_ns: int,
+        end_ns: int,
+        endpoint: Endpoint | None,
+        reply: Reply | None,
+        system: str | None,
+        messages: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """Write the attempt span for a call that has already happened (or an escalation that was refused)."""
+        attributes: dict[str, Any] = {
+            attr.OPERATION_NAME: attr.OPERATION_CHAT,
+            attr.PROVIDER_NAME: record.provider,
+            attr.REQUEST_MODEL: record.model,
+            attr.TASK_ID: task.id,
+            attr.TASK_TYPE: task.type,
+            attr.ATTEMPT_INDEX: record.index,
+            attr.ATTEMPT_TIER: record.tier,
+        }
+        if endpoint is not None:
+            attributes[attr.SERVER_ADDRESS] = endpoint.address
+            attributes[attr.SERVER_PORT] = endpoint.port
+        if record.escalation_reason:
+            attributes[attr.ESCALATION_REASON] = record.escalation_reason
+        if reply is not None:
+            if reply.response_model:
+                attributes[attr.RESPONSE_MODEL] = reply.response_model
+            if reply.response_id:
+                attributes[attr.RESPONSE_ID] = reply.response_id
+            if reply.finish_reasons:
+                attributes[attr.RESPONSE_FINISH_REASONS] = list(reply.finish_reasons)
+            attributes[attr.USAGE_INPUT_TOKENS] = reply.usage.input_tokens
+            attributes[attr.USAGE_OUTPUT_TOKENS] = reply.usage.output_tokens
+            if record.provider == attr.PROVIDER_ANTHROPIC:
+                attributes[attr.USAGE_CACHE_READ_INPUT_TOKENS] = reply.usage.cache_read_tokens
+                attributes[attr.USAGE_CACHE_CREATION_INPUT_TOKENS] = reply.usage.cache_write_tokens
+            if reply.compute_seconds is not None:
+                attributes[attr.LOCAL_COMPUTE_SECONDS] = reply.compute_seconds
+        if record.error_type:
+            attributes[attr.ERROR_TYPE] = record.error_type
+        if self.capture_content:
+            attributes.update(_content(system, messages, reply))
+        span = self.tracer.start_span(
+            attr.attempt_span_name(record.model),
+            context=trace.set_span_in_context(parent),
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            start_time=start_ns,
+        )
+        if record.ok:
+            span.set_status(Status(StatusCode.OK))
+        else:
+            span.set_status(Status(StatusCode.ERROR, record.error_message))
+        span.end(end_time=end_ns)
+
+
+def _content(system: str | None, messages: Sequence[Mapping[str, Any]], reply: Reply | None) -> dict[str, str]:
+    """The spec's opt-in content attributes, as JSON strings."""
+    content: dict[str, str] = {
+        attr.INPUT_MESSAGES: json.dumps(
+            [{"role": m["role"], "parts": [{"type": "text", "content": m["content"]}]} for m in messages]
+        )
+    }
+    if system:
+        content[attr.SYSTEM_INSTRUCTIONS] = json.dumps([{"type": "text", "content": system}])
+    if reply is not None:
+        finish = reply.finish_reasons[0] if reply.finish_reasons else "stop"
+        content[attr.OUTPUT_MESSAGES] = json.dumps(
+            [{"role": "assistant", "parts": [{"type": "text", "content": reply.text}], "finish_reason": finish}]
+        )
+    return content
