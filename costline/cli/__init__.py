@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from costline.cli.app import app
-
 # Each module registers its commands on `app` when imported.
 # (Command modules are added here as they land.)
+from costline.cli import export, report, sql  # noqa: F401
+from costline.cli.app import app
 
 
 def main() -> None:

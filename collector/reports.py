@@ -1,0 +1,360 @@
+"""Cost, escalation and savings reports over the ledger, as parametrised SQL on the documented views.
+
+User input never reaches the SQL text: the window bounds are bound parameters and group-by names are looked up in a
+whitelist. Each report is a list of :class:`ReportTable` that the CLI renders as a table, CSV, JSON or Markdown.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from collector.views import COST_MEASURES, SAVINGS_MEASURES, with_views
+
+ESCALATION_REFUSALS = ("quota_exhausted", "budget_exhausted")
+
+# --by names → columns of attempt_costs. Only these names ever reach the SQL text.
+GROUP_COLUMNS: dict[str, str] = {
+    "model": "model",
+    "provider": "provider",
+    "task_type": "task_type",
+    "tier": "tier",
+    "day": "day",
+}
+
+_WINDOW_FILTER = "start_time >= CAST(? AS TIMESTAMPTZ) AND start_time < CAST(? AS TIMESTAMPTZ)"
+_SINCE_RE = re.compile(r"^(\d+)([hd])$")
+SINCE_FORM = "a number of hours or days such as 24h, 7d or 30d"
+DATE_FORM = "a UTC date YYYY-MM-DD (or a date-time YYYY-MM-DDTHH:MM[:SS][+00:00])"
+
+
+class ReportInputError(ValueError):
+    """Bad report options; the message names the expected form."""
+
+
+class Reader(Protocol):
+    def query(self, sql: str, params: Sequence[Any] = ...) -> pa.Table: ...
+
+
+@dataclass(frozen=True)
+class Window:
+    """Attempts that started in [start, end), UTC."""
+
+    start: datetime
+    end: datetime
+
+    @property
+    def params(self) -> list[str]:
+        return [self.start.isoformat(), self.end.isoformat()]
+
+    def describe(self) -> str:
+        return f"{_show_time(self.start)} to {_show_time(self.end)} (UTC, end exclusive)"
+
+
+def _show_time(moment: datetime) -> str:
+    if moment.hour == moment.minute == moment.second == moment.microsecond == 0:
+        return moment.strftime("%Y-%m-%d")
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def parse_window(
+    since: str | None, start: str | None, end: str | None, *, now: datetime | None = None, default: str = "7d"
+) -> Window:
+    """``--since 24h|7d|30d`` (any N h or N d) or ``--from DATE [--to DATE]``; ``--to`` DATE is inclusive."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    if since is not None and (start is not None or end is not None):
+        raise ReportInputError("use either --since or --from/--to, not both")
+    if start is None and end is not None:
+        raise ReportInputError(f"--to needs --from: give --from as {DATE_FORM}")
+    if start is None:
+        text = (since or default).strip().lower()
+        match = _SINCE_RE.match(text)
+        if not match or int(match.group(1)) == 0:
+            raise ReportInputError(f"--since {since!r} is not a window: give {SINCE_FORM}")
+        amount, unit = int(match.group(1)), match.group(2)
+        try:
+            span = timedelta(hours=amount) if unit == "h" else timedelta(days=amount)
+            return Window(now - span, now)
+        except OverflowError:
+            raise ReportInputError(f"--since {since!r} is too long a window: give {SINCE_FORM}") from None
+    lower = _parse_bound("--from", start, inclusive_day=False)
+    upper = _parse_bound("--to", end, inclusive_day=True) if end is not None else now
+    if upper <= lower:
+        raise ReportInputError(f"--to ({end}) must be after --from ({start})")
+    return Window(lower, upper)
+
+
+def _parse_bound(option: str, text: str, *, inclusive_day: bool) -> datetime:
+    text = text.strip()
+    try:
+        if "T" not in text.upper() and " " not in text:
+            day = date.fromisoformat(text)
+            moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return moment + timedelta(days=1) if inclusive_day else moment
+        moment = datetime.fromisoformat(text)
+    except (ValueError, OverflowError):
+        raise ReportInputError(f"{option} {text!r} is not a date: give {DATE_FORM}") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def parse_group_by(text: str | None) -> tuple[str, ...]:
+    if text is None or not text.strip():
+        return ()
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in GROUP_COLUMNS]
+    if unknown:
+        raise ReportInputError(f"--by {', '.join(unknown)}: not a column; use any of {', '.join(GROUP_COLUMNS)}")
+    return tuple(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str  # text | date | count | usd | percent | ratio
+    title: str
+
+
+@dataclass
+class ReportTable:
+    name: str
+    title: str
+    columns: list[Column]
+    rows: list[dict[str, Any]]
+    total: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    name: str
+    window: Window
+    tables: list[ReportTable]
+    by: tuple[str, ...] = ()
+
+
+def _col(name: str, kind: str, title: str | None = None) -> Column:
+    return Column(name, kind, title or name.replace("_", " "))
+
+
+_GROUP_KINDS = {"day": "date"}
+_COST_COLUMNS = [
+    _col("attempts", "count"),
+    _col("tasks", "count"),
+    _col("input_tokens", "count", "input tok"),
+    _col("output_tokens", "count", "output tok"),
+    _col("cache_read_tokens", "count", "cache read tok"),
+    _col("cache_write_tokens", "count", "cache write tok"),
+    _col("cost_usd", "usd", "cost"),
+    _col("reported_cost_usd", "usd", "reported cost"),
+    _col("unpriced_attempts", "count", "unpriced"),
+]
+
+
+def _rows(table: pa.Table) -> list[dict[str, Any]]:
+    return table.to_pylist()
+
+
+def cost_report(reader: Reader, window: Window, by: Sequence[str] = ()) -> Report:
+    """Attempts, tasks, tokens by type and cost, grouped by any of the GROUP_COLUMNS."""
+    groups = [GROUP_COLUMNS[name] for name in by]
+    total_sql = with_views(f"SELECT {COST_MEASURES}\nFROM attempt_costs WHERE {_WINDOW_FILTER}", "attempt_costs")
+    total = _rows(reader.query(total_sql, window.params))[0]
+    rows: list[dict[str, Any]] = []
+    if groups:
+        keys = ", ".join(groups)
+        order = ["day"] if "day" in groups else []
+        order += ["cost_usd DESC", "attempts DESC", *(f"{g} NULLS LAST" for g in groups if g != "day")]
+        sql = with_views(
+            f"SELECT {keys},{COST_MEASURES}\nFROM attempt_costs WHERE {_WINDOW_FILTER}\n"
+            f"GROUP BY {keys} ORDER BY {', '.join(order)}",
+            "attempt_costs",
+        )
+        rows = _rows(reader.query(sql, window.params))
+    columns = [_col(g, _GROUP_KINDS.get(g, "text")) for g in groups] + _COST_COLUMNS
+    title = "Cost by " + ", ".join(by) if by else "Cost"
+    table = ReportTable("cost", title, columns, rows if groups else [total], total if groups else None)
+    if total["attempts"] == 0:
+        table.notes.append("no attempts in this window")
+    if total["unpriced_attempts"]:
+        table.notes.append(
+            f"{total['unpriced_attempts']} attempt(s) could not be priced: their cost is missing from the totals"
+        )
+    return Report("cost", window, [table], tuple(by))
+
+
+_ESCALATED = "tier = 'escalation'"
+_REFUSED = "error_type IN ('quota_exhausted', 'budget_exhausted')"
+_ESCALATION_MEASURES = f"""
+       count(DISTINCT task_id) AS tasks,
+       count(DISTINCT task_id) FILTER (WHERE {_ESCALATED}) AS escalated_tasks,
+       count(DISTINCT task_id) FILTER (WHERE {_ESCALATED}) / nullif(count(DISTINCT task_id), 0) AS escalation_rate,
+       count(*) FILTER (WHERE {_ESCALATED}) AS escalation_attempts,
+       count(*) FILTER (WHERE {_ESCALATED} AND outcome = 'success') AS escalation_successes,
+       count(*) FILTER (WHERE {_ESCALATED} AND {_REFUSED}) AS escalations_refused,
+       coalesce(sum(cost_usd) FILTER (WHERE {_ESCALATED}), 0) AS escalation_cost_usd"""
+
+
+def escalation_report(reader: Reader, window: Window) -> Report:
+    """Escalation rate by task type, escalations by reason, and how local models fail."""
+    where = f"task_id IS NOT NULL AND {_WINDOW_FILTER}"
+    by_type = _rows(
+        reader.query(
+            with_views(
+                f"SELECT task_type,{_ESCALATION_MEASURES}\nFROM attempt_costs WHERE {where}\n"
+                "GROUP BY task_type ORDER BY escalated_tasks DESC, tasks DESC, task_type NULLS LAST",
+                "attempt_costs",
+            ),
+            window.params,
+        )
+    )
+    type_total = _rows(
+        reader.query(
+            with_views(f"SELECT {_ESCALATION_MEASURES}\nFROM attempt_costs WHERE {where}", "attempt_costs"),
+            window.params,
+        )
+    )[0]
+    reasons = _rows(
+        reader.query(
+            with_views(
+                f"""SELECT coalesce(reason, 'unknown') AS reason, model,
+       count(*) AS attempts,
+       count(DISTINCT task_id) AS tasks,
+       count(*) FILTER (WHERE outcome = 'success') AS successes,
+       count(*) FILTER (WHERE outcome = 'error' AND NOT ({_REFUSED})) AS errors,
+       count(*) FILTER (WHERE {_REFUSED}) AS refused,
+       coalesce(sum(cost_usd), 0) AS cost_usd
+FROM escalations WHERE {_WINDOW_FILTER}
+GROUP BY ALL ORDER BY attempts DESC, reason, model""",
+                "escalations",
+            ),
+            window.params,
+        )
+    )
+    failures = _rows(
+        reader.query(
+            with_views(
+                f"""SELECT provider, model, error_type, failures, model_failures, model_attempts,
+       failures / model_attempts AS share_of_attempts
+FROM (
+    SELECT provider, model, coalesce(error_type, 'unknown') AS error_type,
+           count(*) FILTER (WHERE outcome = 'error') AS failures,
+           sum(count(*) FILTER (WHERE outcome = 'error')) OVER (PARTITION BY provider, model) AS model_failures,
+           sum(count(*)) OVER (PARTITION BY provider, model) AS model_attempts
+    FROM attempt_costs WHERE is_local AND {_WINDOW_FILTER}
+    GROUP BY provider, model, coalesce(error_type, 'unknown')
+)
+WHERE failures > 0
+ORDER BY model_failures DESC, provider, model, failures DESC, error_type""",
+                "attempt_costs",
+            ),
+            window.params,
+        )
+    )
+    for row in failures:
+        row["model_failures"] = int(row["model_failures"])
+        row["model_attempts"] = int(row["model_attempts"])
+    rate_columns = [
+        _col("task_type", "text", "task type"),
+        _col("tasks", "count"),
+        _col("escalated_tasks", "count", "escalated"),
+        _col("escalation_rate", "ratio", "rate"),
+        _col("escalation_attempts", "count", "escalation attempts"),
+        _col("escalation_successes", "count", "succeeded"),
+        _col("escalations_refused", "count", "refused (quota/budget)"),
+        _col("escalation_cost_usd", "usd", "escalation cost"),
+    ]
+    rate_table = ReportTable("by_task_type", "Escalation rate by task type", rate_columns, by_type, type_total)
+    if type_total["tasks"] == 0:
+        rate_table.notes.append("no routed tasks in this window")
+    reason_columns = [
+        _col("reason", "text"),
+        _col("model", "text", "escalation model"),
+        _col("attempts", "count"),
+        _col("tasks", "count"),
+        _col("successes", "count"),
+        _col("errors", "count"),
+        _col("refused", "count", "refused (quota/budget)"),
+        _col("cost_usd", "usd", "cost"),
+    ]
+    failure_columns = [
+        _col("provider", "text"),
+        _col("model", "text", "local model"),
+        _col("error_type", "text", "error type"),
+        _col("failures", "count"),
+        _col("model_failures", "count", "model failures"),
+        _col("model_attempts", "count", "model attempts"),
+        _col("share_of_attempts", "ratio", "share of attempts"),
+    ]
+    return Report(
+        "escalations",
+        window,
+        [
+            rate_table,
+            ReportTable("reasons", "Escalations by reason", reason_columns, reasons),
+            ReportTable("local_failures", "Local model failures (most failing first)", failure_columns, failures),
+        ],
+    )
+
+
+def savings_report(reader: Reader, window: Window, escalation_model: str) -> Report:
+    """Local successes, their counterfactual on the escalation model, actual spend, and savings vs all-Claude."""
+    summary = _rows(
+        reader.query(
+            with_views(f"SELECT {SAVINGS_MEASURES}\nFROM attempt_costs WHERE {_WINDOW_FILTER}", "attempt_costs"),
+            window.params,
+        )
+    )[0]
+    by_model = _rows(
+        reader.query(
+            with_views(
+                f"""SELECT provider, model,
+       count(*) FILTER (WHERE outcome = 'success') AS local_successes,
+       coalesce(sum(counterfactual_usd) FILTER (WHERE outcome = 'success'), 0) AS counterfactual_usd,
+       coalesce(sum(cost_usd), 0) AS local_spend_usd,
+       coalesce(sum(counterfactual_usd) FILTER (WHERE outcome = 'success'), 0) - coalesce(sum(cost_usd), 0)
+           AS savings_usd
+FROM attempt_costs WHERE is_local AND {_WINDOW_FILTER}
+GROUP BY provider, model ORDER BY savings_usd DESC, provider, model""",
+                "attempt_costs",
+            ),
+            window.params,
+        )
+    )
+    summary_columns = [
+        _col("local_successes", "count", "local successes"),
+        _col("counterfactual_usd", "usd", f"their cost on {escalation_model}"),
+        _col("cloud_spend_usd", "usd", "cloud spend"),
+        _col("local_spend_usd", "usd", "local compute"),
+        _col("actual_spend_usd", "usd", "actual spend"),
+        _col("baseline_usd", "usd", "all-Claude baseline"),
+        _col("savings_usd", "usd", "savings"),
+        _col("savings_pct", "percent", "savings %"),
+    ]
+    summary_table = ReportTable(
+        "summary", "Savings of local routing against an all-Claude baseline", summary_columns, [summary]
+    )
+    if summary["uncounted_local_successes"]:
+        summary_table.notes.append(
+            f"{summary['uncounted_local_successes']} local success(es) have no counterfactual price: "
+            "their savings are not counted"
+        )
+    if summary["baseline_usd"] == 0:
+        summary_table.notes.append("nothing to compare in this window: the baseline is $0")
+    model_columns = [
+        _col("provider", "text"),
+        _col("model", "text", "local model"),
+        _col("local_successes", "count", "successes"),
+        _col("counterfactual_usd", "usd", f"cost on {escalation_model}"),
+        _col("local_spend_usd", "usd", "local compute"),
+        _col("savings_usd", "usd", "savings"),
+    ]
+    return Report(
+        "savings",
+        window,
+        [summary_table, ReportTable("by_local_model", "Savings by local model", model_columns, by_model)],
+    )

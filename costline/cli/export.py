@@ -1,0 +1,82 @@
+"""`costline export parquet DIR`: the ledger as hive-partitioned Parquet (``day=YYYY-MM-DD``), for other engines."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import pyarrow.parquet as pq
+import typer
+
+from costline.cli.app import ConfigOption, app, console, fail, load_or_exit
+from costline.ledger_reader import LedgerError, LedgerReader
+
+TABLES = ("attempts", "tasks")
+PART_FILE = "part-0.parquet"
+
+export_app = typer.Typer(help="Export the ledger for other engines.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("parquet")
+def parquet(
+    directory: Annotated[Path, typer.Argument(help="Target directory; gets attempts/ and tasks/ inside.")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier export's attempts/ and tasks/ in DIR.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Write attempts and tasks as Parquet partitioned by UTC day: DIR/attempts/day=2026-11-29/part-0.parquet."""
+    cfg = load_or_exit(config)
+    if directory.exists() and not directory.is_dir():
+        fail(f"{directory} exists and is not a directory")
+    existing = [directory / name for name in TABLES if (directory / name).exists()]
+    if existing and not overwrite:
+        fail(f"{', '.join(map(str, existing))} already exist(s); pass --overwrite to replace them")
+    reader = LedgerReader.from_config(cfg)
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".costline-export-", dir=directory))
+    try:
+        counts = {name: export_table(reader, name, staging / name) for name in TABLES}
+        for name in TABLES:
+            target = directory / name
+            if target.exists():
+                shutil.rmtree(target)
+            (staging / name).rename(target)
+    except LedgerError as exc:
+        fail(str(exc))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for name, (rows, days) in counts.items():
+        console.print(f"{name}: {rows:,} rows in {days} day partition(s) under {directory / name}", highlight=False)
+
+
+def export_table(reader: LedgerReader, table: str, target: Path) -> tuple[int, int]:
+    """Write one table day by day, so memory holds one day at a time even when the collector serves the rows."""
+    if table not in TABLES:
+        raise ValueError(table)
+    target.mkdir(parents=True)
+    days = reader.query(
+        f"SELECT DISTINCT CAST(timezone('UTC', start_time) AS DATE) AS day FROM {table} ORDER BY day"
+    ).column("day")
+    total = 0
+    for day in days.to_pylist():
+        start, end = _day_bounds(day)
+        rows = reader.query(
+            f"SELECT * FROM {table} WHERE start_time >= CAST(? AS TIMESTAMPTZ) AND start_time < CAST(? AS TIMESTAMPTZ)"
+            " ORDER BY start_time",
+            [start, end],
+        )
+        partition = target / f"day={day.isoformat()}"
+        partition.mkdir()
+        pq.write_table(rows, partition / PART_FILE)
+        total += rows.num_rows
+    return total, len(days)
+
+
+def _day_bounds(day: date) -> tuple[str, str]:
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start.isoformat(), (start + timedelta(days=1)).isoformat()

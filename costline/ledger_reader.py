@@ -1,0 +1,174 @@
+"""Read the ledger without ever writing to it (DESIGN §4).
+
+A DuckDB file has one writer process. When the file is free it is opened read-only; when the running collector
+holds it, the query is POSTed to the collector's ``/api/v1/query`` endpoint on loopback and the result comes back
+as an Arrow IPC stream. Either way the caller gets a ``pyarrow.Table``. A missing ledger is an error that names the
+path: no empty ledger is ever created behind the user's back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from costline.config import Config
+
+QUERY_PATH = "/api/v1/query"
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+READ_ONLY_TYPES = frozenset({duckdb.StatementType.SELECT})
+TOKEN_ENV = "COSTLINE_INGEST_TOKEN"
+_COLLECTOR_TIMEOUT_S = 300.0
+
+
+class LedgerError(Exception):
+    """A problem the user can act on; the message is complete and safe to print."""
+
+
+class LedgerNotFoundError(LedgerError):
+    pass
+
+
+class NotReadOnlyError(LedgerError):
+    pass
+
+
+class QueryError(LedgerError):
+    """DuckDB refused the query; the message is DuckDB's."""
+
+
+@dataclass(frozen=True)
+class LedgerSource:
+    path: Path
+    collector_url: str  # base URL of the collector's metrics/query server
+
+
+def source_from_config(config: Config) -> LedgerSource:
+    host = config.collector.host
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"  # a wildcard listener is reachable on loopback
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return LedgerSource(Path(config.collector.ledger).expanduser(), f"http://{host}:{config.collector.metrics_port}")
+
+
+def check_read_only(sql: str) -> None:
+    """Refuse anything but one read-only statement, before any connection is opened."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(str(exc)) from None
+    if not statements:
+        raise QueryError("the query is empty; give one SELECT statement")
+    if len(statements) > 1:
+        raise NotReadOnlyError(f"one statement at a time, please: got {len(statements)}")
+    kind = statements[0].type
+    if kind not in READ_ONLY_TYPES:
+        raise NotReadOnlyError(
+            f"only read-only queries are allowed: this is a {kind.name} statement; "
+            "costline sql runs SELECT (and FROM, WITH, DESCRIBE, SHOW, SUMMARIZE)"
+        )
+
+
+class LedgerReader:
+    """Runs read-only queries on the ledger, directly or through the running collector."""
+
+    def __init__(self, source: LedgerSource) -> None:
+        self.source = source
+        self.via: str | None = None  # "file" or "collector", once a query ran
+
+    @classmethod
+    def from_config(cls, config: Config) -> LedgerReader:
+        return cls(source_from_config(config))
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        """Run one read-only SELECT with positional ``?`` parameters; the result as an Arrow table."""
+        check_read_only(sql)
+        path = self.source.path
+        if not path.is_file():
+            raise LedgerNotFoundError(
+                f"no ledger at {path}: run `costline serve` to create one, or point collector.ledger "
+                "(or COSTLINE_LEDGER) at an existing file"
+            )
+        con = self._connect_read_only()
+        if con is None:
+            self.via = "collector"
+            return self._query_collector(sql, params)
+        self.via = "file"
+        try:
+            return con.sql(sql, params=list(params)).to_arrow_table()
+        except duckdb.Error as exc:
+            raise QueryError(str(exc)) from None
+        finally:
+            con.close()
+
+    def _connect_read_only(self) -> duckdb.DuckDBPyConnection | None:
+        """A read-only connection, or None when the collector (another connection) holds the file."""
+        try:
+            con = duckdb.connect(str(self.source.path), read_only=True)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                return None
+            raise LedgerError(f"cannot open the ledger {self.source.path}: {exc}") from None
+        except duckdb.ConnectionException as exc:
+            # The collector runs in this very process with a read-write connection to the same file.
+            if "different configuration" in str(exc):
+                return None
+            raise LedgerError(f"cannot open the ledger {self.source.path}: {exc}") from None
+        except duckdb.Error as exc:
+            raise LedgerError(f"cannot open the ledger {self.source.path}: {exc}") from None
+        con.execute("SET TimeZone = 'UTC'")
+        return con
+
+    def _query_collector(self, sql: str, params: Sequence[Any]) -> pa.Table:
+        url = self.source.collector_url + QUERY_PATH
+        body = json.dumps({"sql": sql, "params": [_jsonable(p) for p in params]}).encode()
+        headers = {"Content-Type": "application/json", "Accept": ARROW_STREAM}
+        token = os.environ.get(TOKEN_ENV)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=_COLLECTOR_TIMEOUT_S) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as exc:
+            raise self._collector_refusal(exc) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise LedgerError(
+                f"the ledger {self.source.path} is locked by another process, and no collector answers "
+                f"at {url} ({reason}); stop the process holding the file, or set collector.host and "
+                "collector.metrics_port to the running collector's"
+            ) from None
+        try:
+            return pa.ipc.open_stream(payload).read_all()
+        except pa.ArrowInvalid as exc:
+            raise LedgerError(f"the collector at {url} answered with something that is not Arrow: {exc}") from None
+
+    def _collector_refusal(self, exc: urllib.error.HTTPError) -> LedgerError:
+        text = exc.read().decode("utf-8", "replace")
+        try:
+            message = json.loads(text)["error"]
+        except (ValueError, KeyError, TypeError):
+            message = text.strip() or exc.reason
+        if exc.code == 400:
+            return QueryError(str(message))
+        if exc.code in (401, 403):
+            return LedgerError(
+                f"the collector refused the query ({exc.code}: {message}); set {TOKEN_ENV} to the collector's token"
+            )
+        return LedgerError(f"the collector answered {exc.code}: {message}")
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)

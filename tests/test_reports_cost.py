@@ -1,0 +1,272 @@
+"""`costline report`: figures reconcile with the ledger rows, in every format, for any window and grouping."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ledger_fixtures import NOW, scenario, write_config, write_ledger
+from typer.testing import CliRunner
+
+from costline.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str) -> Any:
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture
+def recent(tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """A ledger whose rows sit at fixed distances before the real now (for --since windows)."""
+    rows = scenario(datetime.now(UTC)).attempts
+    ledger = write_ledger(tmp_path / "ledger.duckdb", rows, scenario(datetime.now(UTC)).tasks)
+    return write_config(tmp_path, ledger), rows
+
+
+@pytest.fixture
+def fixed(tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """A ledger around 2026-11-29 12:00 UTC (for --from/--to windows)."""
+    data = scenario(NOW)
+    ledger = write_ledger(tmp_path / "ledger.duckdb", data.attempts, data.tasks)
+    return write_config(tmp_path, ledger), data.attempts
+
+
+def squash(text: str) -> str:
+    """Text without whitespace: the error console wraps long lines."""
+    return "".join(text.split())
+
+
+def model_of(row: dict[str, Any]) -> str:
+    return row["request_model"] or row["response_model"]
+
+
+def expected(rows: list[dict[str, Any]], key: Any = lambda row: ()) -> dict[Any, dict[str, Any]]:
+    groups: dict[Any, dict[str, Any]] = defaultdict(
+        lambda: {"attempts": 0, "tasks": set(), "input_tokens": 0, "cost_usd": Decimal(0), "unpriced_attempts": 0}
+    )
+    for row in rows:
+        g = groups[key(row)]
+        g["attempts"] += 1
+        if row["task_id"]:
+            g["tasks"].add(row["task_id"])
+        g["input_tokens"] += row["input_tokens"] or 0
+        if row["cost_usd"] is None:
+            g["unpriced_attempts"] += 1
+        else:
+            g["cost_usd"] += row["cost_usd"]
+    return {k: {**v, "tasks": len(v["tasks"])} for k, v in groups.items()}
+
+
+def report_json(*args: str) -> dict[str, Any]:
+    result = run("report", *args, "--format", "json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout, parse_float=Decimal)
+
+
+def test_total_for_30_days_reconciles_with_the_ledger_rows(recent: tuple[Path, list[dict[str, Any]]]) -> None:
+    config, rows = recent
+    in_window = [r for r in rows if r["start_time"] > datetime.now(UTC) - timedelta(days=30)]
+    assert len(in_window) == len(rows) - 1  # the 40-day-old row is outside
+    want = expected(in_window)[()]
+    doc = report_json("--since", "30d", "-c", str(config))
+    (total,) = doc["tables"]["cost"]["rows"]
+    assert total["attempts"] == want["attempts"] == 12
+    assert total["tasks"] == want["tasks"] == 5
+    assert total["input_tokens"] == want["input_tokens"] == 12_410
+    assert total["cost_usd"] == want["cost_usd"] == Decimal("0.0551")
+    assert total["unpriced_attempts"] == want["unpriced_attempts"] == 2
+    assert total["reported_cost_usd"] == Decimal("0.002")
+    assert total["cache_read_tokens"] == 2000
+    assert total["cache_write_tokens"] == 500
+
+
+def test_since_24h_keeps_only_the_last_day(recent: tuple[Path, list[dict[str, Any]]]) -> None:
+    config, rows = recent
+    doc = report_json("--since", "24h", "--by", "model", "-c", str(config))
+    got = {row["model"]: row for row in doc["tables"]["cost"]["rows"]}
+    cutoff = datetime.now(UTC) - timedelta(hours=24)
+    want = expected([r for r in rows if r["start_time"] > cutoff], model_of)
+    assert (
+        set(got)
+        == set(want)
+        == {
+            "qwen2.5-coder:14b",
+            "claude-sonnet-4-6",
+            "qwen3:30b-a3b",
+            "gpt-4o-mini",
+            "claude-imaginary-9",
+        }
+    )
+    for model, figures in want.items():
+        for column in ("attempts", "tasks", "input_tokens", "cost_usd", "unpriced_attempts"):
+            assert got[model][column] == figures[column], (model, column)
+
+
+def test_group_by_provider_and_day_in_a_date_window(fixed: tuple[Path, list[dict[str, Any]]]) -> None:
+    config, rows = fixed
+    doc = report_json("--from", "2026-11-27", "--to", "2026-11-29", "--by", "provider,day", "-c", str(config))
+    table = doc["tables"]["cost"]
+    got = {(row["provider"], row["day"]): row for row in table["rows"]}
+    want = expected(
+        [r for r in rows if r["start_time"] >= datetime(2026, 11, 27, tzinfo=UTC)],
+        lambda r: (r["provider"], r["start_time"].date().isoformat()),
+    )
+    assert set(got) == set(want)
+    for key, figures in want.items():
+        assert got[key]["attempts"] == figures["attempts"]
+        assert got[key]["cost_usd"] == figures["cost_usd"]
+    assert got[("anthropic", "2026-11-29")]["cost_usd"] == Decimal("0.0421")
+    assert got[("anthropic", "2026-11-27")]["unpriced_attempts"] == 1
+    # Rows are in day order, and the total is every row of the window.
+    assert [row["day"] for row in table["rows"]] == sorted(row["day"] for row in table["rows"])
+    assert table["total"]["attempts"] == sum(f["attempts"] for f in want.values()) == 12
+    assert table["total"]["cost_usd"] == sum(f["cost_usd"] for f in want.values())
+
+
+def test_to_date_is_inclusive_and_from_is_a_day_start(fixed: tuple[Path, list[dict[str, Any]]]) -> None:
+    config, _ = fixed
+    doc = report_json("--from", "2026-11-28", "--to", "2026-11-28", "--by", "day", "-c", str(config))
+    assert [(r["day"], r["attempts"]) for r in doc["tables"]["cost"]["rows"]] == [("2026-11-28", 3)]
+    assert doc["window"] == {"from": "2026-11-28T00:00:00+00:00", "to": "2026-11-29T00:00:00+00:00"}
+
+
+def test_group_by_tier_and_task_type_keeps_other_emitters_apart(fixed: tuple[Path, list[dict[str, Any]]]) -> None:
+    config, rows = fixed
+    doc = report_json("--from", "2026-11-01", "--by", "tier,task_type", "-c", str(config))
+    got = {(row["tier"], row["task_type"]): row for row in doc["tables"]["cost"]["rows"]}
+    want = expected(
+        [r for r in rows if r["start_time"] >= datetime(2026, 11, 1, tzinfo=UTC)],
+        lambda r: (r["tier"], r["task_type"]),
+    )
+    assert {k: (v["attempts"], v["cost_usd"]) for k, v in got.items()} == {
+        k: (v["attempts"], v["cost_usd"]) for k, v in want.items()
+    }
+    assert got[(None, None)]["reported_cost_usd"] == Decimal("0.002")
+    assert got[("escalation", "summarize")]["unpriced_attempts"] == 1
+
+
+def test_csv_parses_back_to_the_json_figures(fixed: tuple[Path, list[dict[str, Any]]]) -> None:
+    config, _ = fixed
+    args = ["--from", "2026-11-01", "--by", "model,day", "-c", str(config)]
+    doc = report_json(*args)
+    result = run("report", *args, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    parsed = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(parsed) == len(doc["tables"]["cost"]["rows"]) == 11
+    for from_csv, from_json in zip(parsed, doc["tables"]["cost"]["rows"], strict=True):
+        assert from_csv["model"] == from_json["model"]
+        assert from_csv["day"] == from_json["day"]
+        assert int(from_csv["attempts"]) == from_json["attempts"]
+        assert Decimal(from_csv["cost_usd"]) == from_json["cost_usd"]
+        reported = from_json["reported_cost_usd"]
+        assert from_csv["reported_cost_usd"] == ("" if reported is None else str(reported))
+    # Full precision: nine decimal places, exactly as stored.
+    sonnet = next(r for r in parsed if r["model"] == "claude-sonnet-4-6" and r["day"] == "2026-11-29")
+    assert sonnet["cost_usd"] == "0.042100000"
+
+
+def test_table_prints_dollars_to_the_cent(tmp_path: Path) -> None:
+    from ledger_fixtures import attempt
+
+    rows = [
+        attempt(NOW, provider="anthropic", request_model="claude-sonnet-4-6", cost_usd=Decimal("1234.565000001")),
+        attempt(NOW, provider="anthropic", request_model="claude-haiku-4-5", cost_usd=Decimal("0.004999999")),
+    ]
+    config = write_config(tmp_path, write_ledger(tmp_path / "l.duckdb", rows))
+    result = run("report", "--from", "2026-11-29", "--to", "2026-11-29", "--by", "model", "-c", str(config))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    sonnet = next(line for line in lines if "claude-sonnet-4-6" in line)
+    haiku = next(line for line in lines if "claude-haiku-4-5" in line)
+    total = next(line for line in lines if line.strip().startswith("total"))
+    assert "$1,234.57" in sonnet
+    assert "$0.00" in haiku
+    assert "$1,234.57" in total
+    assert "reported cost" not in result.stdout  # no emitter carried a cost: no empty column
+    assert "2026-11-29 to 2026-11-30 (UTC, end exclusive)" in result.stdout
+
+
+def test_markdown_report_is_a_pipe_table(fixed: tuple[Path, list[dict[str, Any]]]) -> None:
+    config, _ = fixed
+    result = run("report", "--from", "2026-11-29", "--by", "provider", "--format", "markdown", "-c", str(config))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "### Cost by provider" in lines
+    header = next(line for line in lines if line.startswith("| provider |"))
+    assert header.split(" | ")[-1] == "unpriced |"
+    assert "| anthropic | 2 | 1 | 5,010 | 1,810 | 2,000 | 500 | $0.04 | — | 1 |" in lines
+    assert "| **total** | **" in result.stdout
+
+
+def test_empty_window_prints_an_empty_report(fixed: tuple[Path, list[dict[str, Any]]]) -> None:
+    config, _ = fixed
+    result = run("report", "--from", "2020-01-01", "--to", "2020-01-31", "--by", "model", "-c", str(config))
+    assert result.exit_code == 0, result.output
+    assert "no attempts in this window" in result.stdout
+    doc = report_json("--from", "2020-01-01", "--to", "2020-01-31", "-c", str(config))
+    (total,) = doc["tables"]["cost"]["rows"]
+    assert total["attempts"] == 0
+    assert total["cost_usd"] == 0
+    grouped = report_json("--from", "2020-01-01", "--to", "2020-01-31", "--by", "day", "-c", str(config))
+    assert grouped["tables"]["cost"]["rows"] == []
+    result = run("report", "--from", "2020-01-01", "--to", "2020-01-31", "--format", "csv", "-c", str(config))
+    assert result.stdout.splitlines()[1].split(",")[:2] == ["0", "0"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--since", "7days"], "--since '7days' is not a window: give a number of hours or days such as 24h, 7d"),
+        (["--since", "0d"], "is not a window"),
+        (["--from", "29/11/2026"], "--from '29/11/2026' is not a date: give a UTC date YYYY-MM-DD"),
+        (["--from", "2026-11-01", "--to", "2026-13-01"], "--to '2026-13-01' is not a date: give a UTC date YYYY-MM-DD"),
+        (["--to", "2026-11-01"], "--to needs --from"),
+        (["--since", "7d", "--from", "2026-11-01"], "use either --since or --from/--to, not both"),
+        (["--from", "2026-11-05", "--to", "2026-11-01"], "--to (2026-11-01) must be after --from (2026-11-05)"),
+        (["--by", "model,colour"], "--by colour: not a column; use any of model, provider, task_type, tier, day"),
+        (["--by", "model; DROP TABLE attempts"], "not a column"),
+    ],
+)
+def test_bad_windows_and_groupings_name_the_expected_form(
+    fixed: tuple[Path, list[dict[str, Any]]], args: list[str], message: str
+) -> None:
+    config, _ = fixed
+    result = run("report", *args, "-c", str(config))
+    assert result.exit_code == 2
+    assert squash(message) in squash(result.stderr)
+    assert result.stdout == ""
+
+
+def test_bad_window_on_the_sub_reports(fixed: tuple[Path, list[dict[str, Any]]]) -> None:
+    config, _ = fixed
+    for sub in ("escalations", "savings"):
+        result = run("report", sub, "--since", "week", "-c", str(config))
+        assert result.exit_code == 2
+        assert squash("give a number of hours or days such as 24h, 7d or 30d") in squash(result.stderr)
+
+
+def test_unknown_format_is_refused(fixed: tuple[Path, list[dict[str, Any]]]) -> None:
+    config, _ = fixed
+    result = run("report", "--format", "xml", "-c", str(config))
+    assert result.exit_code == 2
+    assert "xml" in result.output
+
+
+@pytest.mark.parametrize("command", [["report"], ["report", "escalations"], ["report", "savings"]])
+def test_missing_ledger_names_the_path_and_creates_nothing(tmp_path: Path, command: list[str]) -> None:
+    ledger = tmp_path / "nowhere" / "ledger.duckdb"
+    config = write_config(tmp_path, ledger)
+    result = run(*command, "-c", str(config))
+    assert result.exit_code == 1
+    assert squash(f"no ledger at {ledger}") in squash(result.stderr)
+    assert not ledger.exists()
+    assert not ledger.parent.exists()
