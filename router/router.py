@@ -73,6 +73,8 @@ class Router:
                     except ProviderFailure as exc:
                         reply, failure = exc.reply, exc
                     state.on_local(step, reply, failure, start, time.time_ns())
+                elif problem := self._claude.credentials_problem():
+                    state.on_escalation(step, None, problem, time.time_ns(), time.time_ns())
                 else:
                     admission = self.usage.reserve(task.id, step.reason, step.model)
                     if isinstance(admission, Refusal):
@@ -108,6 +110,8 @@ class Router:
                     except ProviderFailure as exc:
                         reply, failure = exc.reply, exc
                     state.on_local(step, reply, failure, start, time.time_ns())
+                elif problem := claude.credentials_problem():
+                    state.on_escalation(step, None, problem, time.time_ns(), time.time_ns())
                 else:
                     admission = await asyncio.to_thread(self.usage.reserve, task.id, step.reason, step.model)
                     if isinstance(admission, Refusal):
@@ -189,6 +193,7 @@ class _TaskRun:
         self.wait: float | None = None
         self.refusal: Refusal | None = None
         self.headline: str | None = None  # why escalation did not help, when it did not
+        self.headline_attempt: int | None = None  # the attempt the headline already describes
         self.text: str | None = None
         if self.reason and not self.config.escalation.enabled:
             self.headline = "the task asked for Claude, but escalation is disabled (escalation.enabled = false)"
@@ -291,6 +296,7 @@ class _TaskRun:
         )
         log.warning("task %s: escalation refused: %s", self.task.id, refusal.message)
         self.refusal, self.headline, self.escalation_over = refusal, refusal.message, True
+        self.headline_attempt = record.index
 
     def on_escalation(
         self, step: _Escalate, reply: Reply | None, failure: ProviderFailure | None, start: int, end: int
@@ -318,6 +324,7 @@ class _TaskRun:
             return record
         log.info("task %s: %s failed (%s): %s", self.task.id, step.model, failure.error_type, failure.message)
         self.headline = f"escalation to {step.model} failed: {failure.message}"
+        self.headline_attempt = record.index
         self._plan_retry(failure)
         return record
 
@@ -395,7 +402,11 @@ class _TaskRun:
         )
 
     def _error(self) -> str:
-        failed = [f"{a.model}: {a.error_type}: {a.error_message}" for a in self.attempts if not a.ok]
+        failed = [
+            f"{a.model}: {a.error_type}: {a.error_message}"
+            for a in self.attempts
+            if not a.ok and a.index != self.headline_attempt
+        ]
         headline = self.headline
         if headline is None:
             headline = "all local models failed"

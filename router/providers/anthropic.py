@@ -31,6 +31,12 @@ class AnthropicProvider:
         self._client: anthropic.Anthropic | None = None
         self._async_client: anthropic.AsyncAnthropic | None = None
 
+    def credentials_problem(self) -> ProviderFailure | None:
+        """Checked before an escalation takes a quota slot: without a key no call can succeed."""
+        if not os.environ.get("ANTHROPIC_API_KEY"):
+            return ProviderFailure("authentication", MISSING_KEY)
+        return None
+
     def _options(self) -> dict[str, Any]:
         key = os.environ.get("ANTHROPIC_API_KEY")
         if not key:
