@@ -37,33 +37,42 @@ def parquet(
     if existing and not overwrite:
         fail(f"{', '.join(map(str, existing))} already exist(s); pass --overwrite to replace them")
     reader = LedgerReader.from_config(cfg)
-    directory.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".costline-export-", dir=directory))
     try:
-        counts = {name: export_table(reader, name, staging / name) for name in TABLES}
-        for name in TABLES:
-            target = directory / name
-            if target.exists():
-                shutil.rmtree(target)
-            (staging / name).rename(target)
+        # Read the ledger before touching the target, so a missing ledger leaves no directory behind.
+        plan = {name: partition_days(reader, name) for name in TABLES}
+        directory.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".costline-export-", dir=directory))
+        try:
+            counts = {name: export_table(reader, name, days, staging / name) for name, days in plan.items()}
+            for name in TABLES:
+                target = directory / name
+                if target.exists():
+                    shutil.rmtree(target)
+                (staging / name).rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     except LedgerError as exc:
         fail(str(exc))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    for name, (rows, days) in counts.items():
-        console.print(f"{name}: {rows:,} rows in {days} day partition(s) under {directory / name}", highlight=False)
+    for name, rows in counts.items():
+        console.print(
+            f"{name}: {rows:,} rows in {len(plan[name])} day partition(s) under {directory / name}", highlight=False
+        )
 
 
-def export_table(reader: LedgerReader, table: str, target: Path) -> tuple[int, int]:
+def partition_days(reader: LedgerReader, table: str) -> list[date]:
+    if table not in TABLES:
+        raise ValueError(table)
+    days = reader.query(f"SELECT DISTINCT CAST(timezone('UTC', start_time) AS DATE) AS day FROM {table} ORDER BY day")
+    return days.column("day").to_pylist()
+
+
+def export_table(reader: LedgerReader, table: str, days: list[date], target: Path) -> int:
     """Write one table day by day, so memory holds one day at a time even when the collector serves the rows."""
     if table not in TABLES:
         raise ValueError(table)
     target.mkdir(parents=True)
-    days = reader.query(
-        f"SELECT DISTINCT CAST(timezone('UTC', start_time) AS DATE) AS day FROM {table} ORDER BY day"
-    ).column("day")
     total = 0
-    for day in days.to_pylist():
+    for day in days:
         start, end = _day_bounds(day)
         rows = reader.query(
             f"SELECT * FROM {table} WHERE start_time >= CAST(? AS TIMESTAMPTZ) AND start_time < CAST(? AS TIMESTAMPTZ)"
@@ -74,7 +83,7 @@ def export_table(reader: LedgerReader, table: str, target: Path) -> tuple[int, i
         partition.mkdir()
         pq.write_table(rows, partition / PART_FILE)
         total += rows.num_rows
-    return total, len(days)
+    return total
 
 
 def _day_bounds(day: date) -> tuple[str, str]:
