@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS attempts (
     server_address      VARCHAR,
     server_port         INTEGER,
     service_name        VARCHAR,
-    ingested_at         TIMESTAMPTZ NOT NULL
+    ingested_at         TIMESTAMPTZ NOT NULL,
+    span_key            UBIGINT,            -- internal: 64-bit dedupe key of (trace_id, span_id)
+    parent_key          UBIGINT             -- internal: span_key of the parent span
 );
 
 CREATE TABLE IF NOT EXISTS tasks (
@@ -60,6 +62,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     end_time     TIMESTAMPTZ NOT NULL,
     duration_s   DOUBLE NOT NULL,
     service_name VARCHAR,
-    ingested_at  TIMESTAMPTZ NOT NULL
+    ingested_at  TIMESTAMPTZ NOT NULL,
+    span_key     UBIGINT                    -- internal: 64-bit dedupe key of (trace_id, span_id)
 );
 """

@@ -1,0 +1,272 @@
+"""The DuckDB ledger: one file, one writer, every span stored exactly once.
+
+Writes come in batches of many requests (see :mod:`collector.writer`): the batch is one Arrow table, inserted in
+one transaction. Deduplication never touches an index (``ON CONFLICT`` on a growing table slows to a crawl): each
+row carries ``span_key``, a UBIGINT from (trace_id, span_id), and one probe per batch asks which of the batch's
+keys the ledger already holds. The probe is restricted to the batch's start-time range; a re-sent span has the same
+start time, and DuckDB skips row groups outside the range by their min/max, so the probe stays cheap however large
+the ledger grows. Key hits are confirmed on the exact ids before a row is treated as a duplicate.
+
+The same probe resolves nesting: a GenAI span whose parent is a stored (or batched) GenAI span repeats that call
+and is skipped; a GenAI span whose GenAI child was stored first (exported in an earlier request) is skipped too, so
+one model call is counted once whichever order the spans arrive in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from collector.mapping import ATTEMPT_COLUMNS, ATTEMPT_SCHEMA, TASK_COLUMNS, TASK_SCHEMA
+from collector.schema import SCHEMA_VERSION, TABLES
+from collector.views import create_views
+
+log = logging.getLogger(__name__)
+
+PARENT_WINDOW = timedelta(hours=1)  # a nested span's parent started at most an hour before it
+DEFAULT_MEMORY_LIMIT = "192MB"
+
+_BACKFILL_KEYS = """
+UPDATE {table} SET span_key = xor(('0x' || span_id)::UBIGINT, ('0x' || right(trace_id, 16))::UBIGINT)
+WHERE span_key IS NULL AND length(span_id) = 16 AND length(trace_id) = 32;
+"""
+
+
+# Internal: spans that were received but not stored, so `costline_ingest_spans_total` survives restarts.
+_INGEST_COUNTS = """
+CREATE TABLE IF NOT EXISTS ingest_counts (result VARCHAR NOT NULL, spans UBIGINT NOT NULL);
+INSERT INTO ingest_counts SELECT r, 0 FROM (VALUES ('duplicate'), ('rejected')) v(r)
+WHERE r NOT IN (SELECT result FROM ingest_counts);
+"""
+
+
+class LedgerError(RuntimeError):
+    """The ledger cannot be opened; the message says why and what to do."""
+
+
+@dataclass
+class WriteResult:
+    attempts: pa.Table  # the rows stored by this write (without batch-only columns)
+    tasks: pa.Table
+    duplicates: int  # spans already in the ledger or repeated within the batch
+    nested: int  # GenAI spans not counted because another span of the same call was
+
+
+def open_ledger(path: str | os.PathLike[str], *, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> duckdb.DuckDBPyConnection:
+    """Open (or create) the ledger file for writing, with the schema and views in place."""
+    file = Path(path).expanduser()
+    existed = file.exists()
+    if existed and file.is_dir():
+        raise LedgerError(f"ledger path {file} is a directory; set collector.ledger to a file name")
+    if not file.parent.is_dir():
+        raise LedgerError(f"ledger directory {file.parent} does not exist; create it or change collector.ledger")
+    try:
+        con = duckdb.connect(str(file), config={"memory_limit": memory_limit, "preserve_insertion_order": False})
+    except duckdb.IOException as exc:
+        message = str(exc)
+        if "lock" in message.lower():
+            raise LedgerError(
+                f"ledger {file} is in use by another process (is another `costline serve` running?): {message}"
+            ) from None
+        if existed:
+            raise LedgerError(
+                f"ledger {file} exists but cannot be opened as a DuckDB database ({message}); it was left untouched "
+                "— move it aside or point collector.ledger at another file"
+            ) from None
+        raise LedgerError(f"cannot create ledger {file}: {message}") from None
+    except duckdb.Error as exc:
+        raise LedgerError(f"cannot open ledger {file}: {exc}") from None
+    try:
+        _migrate(con, file)
+    except BaseException:
+        con.close()
+        raise
+    if not existed:
+        log.info("created a new ledger at %s", file)
+    return con
+
+
+def _migrate(con: duckdb.DuckDBPyConnection, file: Path) -> None:
+    try:
+        con.execute("BEGIN")
+        con.execute(TABLES)
+        for table, column in (("attempts", "span_key"), ("attempts", "parent_key"), ("tasks", "span_key")):
+            con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} UBIGINT")
+        con.execute(_INGEST_COUNTS)
+        versions = [row[0] for row in con.execute("SELECT version FROM schema_version").fetchall()]
+        if versions and max(versions) > SCHEMA_VERSION:
+            raise LedgerError(
+                f"ledger {file} has schema version {max(versions)}, newer than this costline understands "
+                f"({SCHEMA_VERSION}); upgrade costline"
+            )
+        if SCHEMA_VERSION not in versions:
+            con.execute("INSERT INTO schema_version (version) VALUES (?)", [SCHEMA_VERSION])
+        for table in ("attempts", "tasks"):  # rows written by other tools carry no key yet
+            con.execute(_BACKFILL_KEYS.format(table=table))
+        con.execute(
+            "UPDATE attempts SET parent_key = xor(('0x' || parent_span_id)::UBIGINT, "
+            "('0x' || right(trace_id, 16))::UBIGINT) "
+            "WHERE parent_key IS NULL AND length(parent_span_id) = 16 AND length(trace_id) = 32"
+        )
+        create_views(con)
+        con.execute("COMMIT")
+    except LedgerError:
+        con.execute("ROLLBACK")
+        raise
+    except duckdb.Error as exc:
+        con.execute("ROLLBACK")
+        raise LedgerError(f"ledger {file} does not have the expected tables and cannot be upgraded: {exc}") from None
+
+
+class LedgerWriter:
+    """Inserts batches; used by one thread at a time (the writer thread)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._con = con
+
+    def write(self, attempts: list[pa.Table], tasks: list[pa.Table], rejected: int = 0) -> WriteResult:
+        attempt_batch = _concat(attempts, ATTEMPT_SCHEMA)
+        task_batch = _concat(tasks, TASK_SCHEMA)
+        con = self._con
+        con.execute("BEGIN")
+        try:
+            stored_attempts, dup_a, nested = self._insert_attempts(attempt_batch)
+            stored_tasks, dup_t = self._insert_tasks(task_batch)
+            not_stored = {"duplicate": dup_a + dup_t + nested, "rejected": rejected}
+            for result, spans in not_stored.items():
+                if spans:
+                    con.execute("UPDATE ingest_counts SET spans = spans + ? WHERE result = ?", [spans, result])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            for name in ("attempt_batch", "task_batch"):
+                with contextlib.suppress(duckdb.Error):
+                    con.unregister(name)
+        return WriteResult(stored_attempts, stored_tasks, dup_a + dup_t, nested)
+
+    def _insert_attempts(self, batch: pa.Table) -> tuple[pa.Table, int, int]:
+        if batch.num_rows == 0:
+            return batch.drop_columns(["check_parent"]), 0, 0
+        batch, in_batch_dups = _unique(batch)
+        lo = pc.min(batch.column("start_time")).as_py()
+        hi = pc.max(batch.column("end_time")).as_py()
+        check_parent = batch.column("check_parent")
+        need_parents = pc.any(check_parent).as_py()
+        self._con.register("attempt_batch", batch)
+        # One scan of the ledger answers: which batch spans are stored already (same start time), which batch spans
+        # already have a stored GenAI child (it started within the parent), which batch spans have a stored parent.
+        parent_lo = lo - PARENT_WINDOW if need_parents else lo
+        hits = self._con.execute(
+            """
+            SELECT a.span_key, a.parent_key, a.trace_id, a.span_id
+            FROM attempts a
+            WHERE a.start_time BETWEEN $lo AND $hi
+              AND (a.span_key IN (SELECT span_key FROM attempt_batch)
+                   OR a.parent_key IN (SELECT span_key FROM attempt_batch)
+                   OR ($need_parents AND a.span_key IN
+                        (SELECT parent_key FROM attempt_batch WHERE check_parent)))
+            """,
+            {"lo": parent_lo, "hi": hi, "need_parents": need_parents},
+        ).fetchall()
+        duplicates = nested = 0
+        if hits or need_parents:
+            keep, duplicates, nested = _resolve(batch, hits)
+            batch = batch.filter(pa.array(keep, pa.bool_()))
+            self._con.unregister("attempt_batch")
+            self._con.register("attempt_batch", batch)
+        stored = batch.drop_columns(["check_parent"])
+        if stored.num_rows:
+            columns = ", ".join(ATTEMPT_COLUMNS)
+            self._con.execute(
+                f"INSERT INTO attempts ({columns}, ingested_at) SELECT {columns}, now() FROM attempt_batch"
+            )
+        return stored, duplicates + in_batch_dups, nested
+
+    def _insert_tasks(self, batch: pa.Table) -> tuple[pa.Table, int]:
+        if batch.num_rows == 0:
+            return batch, 0
+        batch, in_batch_dups = _unique(batch)
+        self._con.register("task_batch", batch)
+        lo = pc.min(batch.column("start_time")).as_py()
+        hi = pc.max(batch.column("start_time")).as_py()
+        hits = self._con.execute(
+            """
+            SELECT t.trace_id, t.span_id FROM tasks t
+            WHERE t.start_time BETWEEN $lo AND $hi
+              AND t.span_key IN (SELECT span_key FROM task_batch)
+            """,
+            {"lo": lo, "hi": hi},
+        ).fetchall()
+        duplicates = 0
+        if hits:
+            stored_ids = set(hits)
+            keep = [
+                (t, s) not in stored_ids
+                for t, s in zip(batch.column("trace_id").to_pylist(), batch.column("span_id").to_pylist(), strict=True)
+            ]
+            duplicates = keep.count(False)
+            batch = batch.filter(pa.array(keep, pa.bool_()))
+            self._con.unregister("task_batch")
+            self._con.register("task_batch", batch)
+        if batch.num_rows:
+            columns = ", ".join(TASK_COLUMNS)
+            self._con.execute(f"INSERT INTO tasks ({columns}, ingested_at) SELECT {columns}, now() FROM task_batch")
+        return batch, duplicates + in_batch_dups
+
+
+def _resolve(batch: pa.Table, hits: list[tuple[int, int | None, str, str]]) -> tuple[list[bool], int, int]:
+    """Which batch rows to keep, given the ledger rows the probe found; counts duplicates and nested spans."""
+    stored_ids = {(t, s) for _, _, t, s in hits}
+    stored_keys = {k for k, _, _, _ in hits}
+    keys_with_stored_child = {p for _, p, _, _ in hits if p is not None}
+    key_list = batch.column("span_key").to_pylist()
+    batch_keys = set(key_list)
+    keep: list[bool] = []
+    duplicates = nested = 0
+    for key, trace, span, parent, check in zip(
+        key_list,
+        batch.column("trace_id").to_pylist(),
+        batch.column("span_id").to_pylist(),
+        batch.column("parent_key").to_pylist(),
+        batch.column("check_parent").to_pylist(),
+        strict=True,
+    ):
+        if key in stored_keys and (trace, span) in stored_ids:
+            duplicates += 1
+            keep.append(False)
+        elif (check and (parent in batch_keys or parent in stored_keys)) or key in keys_with_stored_child:
+            nested += 1
+            keep.append(False)
+        else:
+            keep.append(True)
+    return keep, duplicates, nested
+
+
+def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def _unique(batch: pa.Table) -> tuple[pa.Table, int]:
+    """Drop rows repeated within the batch (same trace and span id), keeping the first."""
+    keys = batch.column("span_key").to_pylist()
+    if len(set(keys)) == len(keys):
+        return batch, 0
+    seen: set[tuple[str, str]] = set()
+    keep: list[bool] = []
+    for ids in zip(batch.column("trace_id").to_pylist(), batch.column("span_id").to_pylist(), strict=True):
+        keep.append(ids not in seen)
+        seen.add(ids)
+    return batch.filter(pa.array(keep, pa.bool_())), keep.count(False)

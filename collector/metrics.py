@@ -1,0 +1,308 @@
+"""Prometheus metrics (DESIGN §5), all derived from the ledger.
+
+Counters are seeded from the ledger when the collector starts and then advanced by each commit, using the same
+SQL aggregation over the committed batch that seeded them from the table — so a restart shows no drop and the
+counters always agree with the rows. Quota and budget gauges are queried from the ledger at every scrape, so
+headroom recovers when the hour or the day rolls over, with or without traffic.
+
+Families are exactly those of DESIGN §5 (plus the shared ``error_type`` label on attempts), on a registry of their
+own: no process or platform collectors, no ``_created`` series.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+import prometheus_client
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from collector.ledger import WriteResult
+from costline.config import Config
+from costline.spans import ERROR_TYPES
+
+prometheus_client.disable_created_metrics()
+
+# OpenTelemetry GenAI semantic conventions: explicit bucket boundaries of gen_ai.client.operation.duration.
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+REFUSED_ERROR_TYPES = ("quota_exhausted", "budget_exhausted")  # escalations the router never made
+QUOTA_ESCALATIONS = "escalations_per_hour"
+TOKEN_TYPES = ("input", "output", "cache_read", "cache_write")
+
+_MODEL = "coalesce(request_model, response_model)"
+_ERROR_TYPE_LABEL = (
+    "CASE WHEN outcome = 'success' THEN '' "
+    f"WHEN error_type IN ({', '.join(repr(t) for t in ERROR_TYPES)}) THEN error_type ELSE 'other' END"
+)
+_NOT_REFUSED = f"coalesce(error_type, '') NOT IN ({', '.join(repr(t) for t in REFUSED_ERROR_TYPES)})"
+
+_ATTEMPT_AGGREGATES = f"""
+SELECT provider, {_MODEL} AS model, coalesce(tier, '') AS tier, outcome, {_ERROR_TYPE_LABEL} AS error_type,
+       count(*) AS attempts,
+       coalesce(sum(cost_usd), 0) AS cost,
+       count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced,
+       coalesce(sum(counterfactual_usd), 0) AS counterfactual,
+       count(counterfactual_usd) AS counterfactual_n,
+       coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
+       coalesce(sum(cache_read_tokens), 0), coalesce(sum(cache_write_tokens), 0),
+       count(*) FILTER (WHERE tier = 'escalation' AND {_NOT_REFUSED}) AS escalations,
+       coalesce(escalation_reason, '') AS reason,
+       coalesce(sum(duration_s), 0) AS duration_sum,
+       {", ".join(f"count(*) FILTER (WHERE duration_s <= {b})" for b in DURATION_BUCKETS)}
+FROM {{source}}
+GROUP BY ALL
+"""
+_TASK_AGGREGATES = """
+SELECT coalesce(task_type, ''), coalesce(outcome, ''),
+       CASE WHEN escalated IS NULL THEN '' WHEN escalated THEN 'true' ELSE 'false' END, count(*)
+FROM {source}
+GROUP BY ALL
+"""
+
+
+class _State:
+    """Counter values keyed by label tuples. Decimal dollars keep the sums exact until exposition."""
+
+    def __init__(self) -> None:
+        self.attempts: dict[tuple[str, ...], int] = {}
+        self.tasks: dict[tuple[str, ...], int] = {}
+        self.escalations: dict[tuple[str, str], int] = {}
+        self.cost: dict[tuple[str, str], Decimal] = {}
+        self.counterfactual: dict[str, Decimal] = {}
+        self.tokens: dict[tuple[str, str, str], int] = {}
+        self.unpriced: dict[tuple[str, str], int] = {}
+        self.duration: dict[tuple[str, str], list[float]] = {}  # per bucket counts (not cumulative), +Inf, sum
+        self.ingest: dict[str, int] = {"stored": 0, "duplicate": 0, "rejected": 0}
+
+    def add_attempts(self, rows: Iterable[tuple[Any, ...]]) -> dict[tuple[str, str], int]:
+        """Add aggregated attempt rows; returns the unpriced counts by (provider, model) in them."""
+        unpriced_seen: dict[tuple[str, str], int] = {}
+        for row in rows:
+            provider, model, tier, outcome, error_type, n, cost, unpriced, cf, cf_n = row[:10]
+            tokens = row[10:14]
+            escalations, reason, duration_sum = row[14:17]
+            buckets = row[17:]
+            pm = (provider, model)
+            _inc(self.attempts, (provider, model, tier, outcome, error_type), n)
+            if cost:
+                _inc(self.cost, pm, cost)
+            else:
+                self.cost.setdefault(pm, Decimal(0))
+            if unpriced:
+                _inc(self.unpriced, pm, unpriced)
+                _inc(unpriced_seen, pm, unpriced)
+            if cf_n:
+                _inc(self.counterfactual, model, cf)
+            for kind, count in zip(TOKEN_TYPES, tokens, strict=True):
+                _inc(self.tokens, (provider, model, kind), count)
+            if escalations:
+                _inc(self.escalations, (reason, model), escalations)
+            hist = self.duration.setdefault(pm, [0.0] * (len(DURATION_BUCKETS) + 2))
+            for i, count in enumerate(buckets):  # cumulative in SQL → per bucket here, so batches add up
+                hist[i] += count - (buckets[i - 1] if i else 0)
+            hist[-2] += n - (buckets[-1] if buckets else 0)
+            hist[-1] += duration_sum
+        return unpriced_seen
+
+    def add_tasks(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        for task_type, outcome, escalated, n in rows:
+            _inc(self.tasks, (task_type, outcome, escalated), n)
+
+
+def _inc(d: dict[Any, Any], key: Any, amount: Any) -> None:
+    d[key] = d.get(key, 0) + amount
+
+
+class LedgerMetrics(Collector):
+    """The collector's metrics; register on a fresh :class:`CollectorRegistry` (see :func:`make_registry`)."""
+
+    def __init__(self, config: Config, reader: Callable[[], duckdb.DuckDBPyConnection]) -> None:
+        self._config = config
+        self._reader = reader
+        self._lock = threading.Lock()
+        self._state = _State()
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    # --- counters ---------------------------------------------------------------------------------------------
+
+    def seed(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Start the counters from what the ledger already holds."""
+        state = _State()
+        state.add_attempts(con.execute(_ATTEMPT_AGGREGATES.format(source="attempts")).fetchall())
+        state.add_tasks(con.execute(_TASK_AGGREGATES.format(source="tasks")).fetchall())
+        stored = con.execute("SELECT (SELECT count(*) FROM attempts) + (SELECT count(*) FROM tasks)").fetchone()
+        state.ingest["stored"] = int(stored[0]) if stored else 0
+        for result, spans in con.execute("SELECT result, spans FROM ingest_counts").fetchall():
+            state.ingest[result] = int(spans)
+        with self._lock:
+            self._state = state
+
+    def apply(self, con: duckdb.DuckDBPyConnection, result: WriteResult, rejected: int) -> dict[tuple[str, str], int]:
+        """Advance the counters by one commit; returns unpriced attempts by (provider, model) in it."""
+        attempt_rows: list[tuple[Any, ...]] = []
+        task_rows: list[tuple[Any, ...]] = []
+        if result.attempts.num_rows:
+            con.register("committed_attempts", result.attempts)
+            try:
+                attempt_rows = con.execute(_ATTEMPT_AGGREGATES.format(source="committed_attempts")).fetchall()
+            finally:
+                con.unregister("committed_attempts")
+        if result.tasks.num_rows:
+            con.register("committed_tasks", result.tasks)
+            try:
+                task_rows = con.execute(_TASK_AGGREGATES.format(source="committed_tasks")).fetchall()
+            finally:
+                con.unregister("committed_tasks")
+        with self._lock:
+            unpriced = self._state.add_attempts(attempt_rows)
+            self._state.add_tasks(task_rows)
+            ingest = self._state.ingest
+            ingest["stored"] += result.attempts.num_rows + result.tasks.num_rows
+            ingest["duplicate"] += result.duplicates + result.nested
+            ingest["rejected"] += rejected
+        return unpriced
+
+    # --- exposition -------------------------------------------------------------------------------------------
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # families are built at scrape time; nothing to check at registration
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            s = self._state
+            attempts, tasks, escalations = dict(s.attempts), dict(s.tasks), dict(s.escalations)
+            cost, counterfactual, tokens = dict(s.cost), dict(s.counterfactual), dict(s.tokens)
+            unpriced, ingest = dict(s.unpriced), dict(s.ingest)
+            duration = {k: list(v) for k, v in s.duration.items()}
+
+        yield _counter(
+            "costline_attempts",
+            "Model call attempts.",
+            ["provider", "model", "tier", "outcome", "error_type"],
+            attempts,
+        )
+        yield _counter("costline_tasks", "Routed tasks.", ["task_type", "outcome", "escalated"], tasks)
+        yield _counter(
+            "costline_escalations",
+            "Escalations to the escalation model that were made.",
+            ["reason", "model"],
+            escalations,
+        )
+        yield _counter("costline_cost_usd", "Priced cost of attempts in USD.", ["provider", "model"], cost)
+        yield _counter(
+            "costline_counterfactual_usd",
+            "What local successes would have cost on the escalation model, in USD.",
+            ["model"],
+            {(m,): v for m, v in counterfactual.items()},
+        )
+        yield _counter("costline_tokens", "Tokens by type.", ["provider", "model", "type"], tokens)
+        hist = HistogramMetricFamily(
+            "costline_attempt_duration_seconds", "Attempt duration in seconds.", labels=["provider", "model"]
+        )
+        for labels, counts in sorted(duration.items()):
+            cumulative, running = [], 0.0
+            for bound, count in zip(DURATION_BUCKETS, counts, strict=False):
+                running += count
+                cumulative.append((_le(bound), running))
+            running += counts[-2]
+            cumulative.append(("+Inf", running))
+            hist.add_metric(list(labels), cumulative, counts[-1])
+        yield hist
+        yield from self._headroom()
+        yield _counter(
+            "costline_ingest_spans",
+            "Spans received, by what became of them.",
+            ["result"],
+            {(r,): n for r, n in ingest.items()},
+        )
+        yield _counter(
+            "costline_unpriced_attempts",
+            "Attempts that could not be priced (cost NULL).",
+            ["provider", "model"],
+            unpriced,
+        )
+
+    def _headroom(self) -> Iterable[Metric]:
+        now = self.clock()
+        hour_ago = now - timedelta(hours=1)
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        month = day.replace(day=1)
+        con = self._reader()
+        try:
+            row = con.execute(
+                f"""
+                SELECT count(*) FILTER (WHERE start_time > $hour_ago AND {_NOT_REFUSED}),
+                       coalesce(sum(cost_usd) FILTER (WHERE start_time >= $day), 0),
+                       coalesce(sum(cost_usd), 0)
+                FROM attempts
+                WHERE tier = 'escalation' AND start_time >= least($hour_ago, $month) AND start_time <= $now
+                """,
+                {"hour_ago": hour_ago, "day": day, "month": month, "now": now + timedelta(days=1)},
+            ).fetchone()
+        finally:
+            con.close()
+        used, spent_day, spent_month = row if row else (0, Decimal(0), Decimal(0))
+        limit = self._config.escalation.max_calls_per_hour
+        labels = [QUOTA_ESCALATIONS]
+        yield _gauge("costline_quota_limit", "Escalation calls allowed per rolling hour.", ["quota"], labels, limit)
+        yield _gauge("costline_quota_used", "Escalation calls in the last 60 minutes.", ["quota"], labels, used)
+        yield _gauge(
+            "costline_quota_headroom_ratio",
+            "(limit - used) / limit, clamped to [0, 1].",
+            ["quota"],
+            labels,
+            _ratio(limit, used),
+        )
+        budgets = [
+            ("daily", self._config.budgets.daily_usd, spent_day),
+            ("monthly", self._config.budgets.monthly_usd, spent_month),
+        ]
+        budgets = [(period, limit_usd, spent) for period, limit_usd, spent in budgets if limit_usd > 0]
+        limit_f = GaugeMetricFamily("costline_budget_limit_usd", "Escalation budget in USD.", labels=["period"])
+        spent_f = GaugeMetricFamily(
+            "costline_budget_spent_usd", "Escalation spend in the current UTC day or month.", labels=["period"]
+        )
+        ratio_f = GaugeMetricFamily(
+            "costline_budget_headroom_ratio", "(limit - spent) / limit, clamped to [0, 1].", labels=["period"]
+        )
+        for period, limit_usd, spent in budgets:
+            limit_f.add_metric([period], limit_usd)
+            spent_f.add_metric([period], float(spent))
+            ratio_f.add_metric([period], _ratio(limit_usd, float(spent)))
+        yield limit_f
+        yield spent_f
+        yield ratio_f
+
+
+def _counter(name: str, doc: str, labels: list[str], values: dict[tuple[str, ...], Any]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(list(key), float(value))
+    return family
+
+
+def _gauge(name: str, doc: str, label_names: list[str], labels: list[str], value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=label_names)
+    family.add_metric(labels, float(value))
+    return family
+
+
+def _ratio(limit: float, used: float) -> float:
+    if limit <= 0:
+        return 0.0
+    return min(1.0, max(0.0, (limit - used) / limit))
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def make_registry(metrics: LedgerMetrics) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics)
+    return registry

@@ -1,0 +1,286 @@
+"""OTLP/HTTP trace payloads (protobuf or JSON) → plain span records.
+
+A payload whose envelope cannot be read raises :class:`DecodeError` (the receiver answers 400). Problems confined
+to one span (a bad id, a missing timestamp) do not fail the request: the span is returned with what could be read
+and the mapping rejects it with a reason, so the sender learns about it through ``partial_success``.
+
+OTLP/JSON differs from the protobuf JSON mapping: trace and span ids are hex, not base64 (so
+``json_format.Parse`` would decode them wrongly), int64 values arrive as decimal strings, and enums may be numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import DecodeError as _ProtobufDecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from costline.spans import SERVICE_NAME
+
+STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
+_STATUS_NAMES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
+_KIND_NAMES = {
+    "SPAN_KIND_UNSPECIFIED": 0,
+    "SPAN_KIND_INTERNAL": 1,
+    "SPAN_KIND_SERVER": 2,
+    "SPAN_KIND_CLIENT": 3,
+    "SPAN_KIND_PRODUCER": 4,
+    "SPAN_KIND_CONSUMER": 5,
+}
+_MAX_NESTING = 8  # attribute values nested deeper than this are cut (a span is not a document store)
+
+
+class DecodeError(ValueError):
+    """The payload is not an OTLP trace export request."""
+
+
+@dataclass(slots=True)
+class SpanRecord:
+    trace_id: str  # lowercase hex; "" when missing or malformed
+    span_id: str
+    parent_span_id: str  # "" for a root span
+    name: str
+    kind: int
+    start_ns: int
+    end_ns: int
+    status_code: int
+    status_message: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    service_name: str | None = None
+
+
+# --- protobuf -------------------------------------------------------------------------------------------------------
+
+
+def decode_protobuf(body: bytes) -> list[SpanRecord]:
+    try:
+        request = ExportTraceServiceRequest.FromString(body)
+    except (_ProtobufDecodeError, RuntimeError, ValueError) as exc:
+        raise DecodeError(f"not an OTLP ExportTraceServiceRequest protobuf: {exc}") from None
+    spans: list[SpanRecord] = []
+    append = spans.append
+    for resource_spans in request.resource_spans:
+        service = _pb_service_name(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            for s in scope_spans.spans:
+                append(
+                    SpanRecord(
+                        _pb_id(s.trace_id, 16),
+                        _pb_id(s.span_id, 8),
+                        _pb_id(s.parent_span_id, 8) if s.parent_span_id else "",
+                        s.name,
+                        s.kind,
+                        s.start_time_unix_nano,
+                        s.end_time_unix_nano,
+                        s.status.code,
+                        s.status.message,
+                        _pb_attributes(s.attributes),
+                        service,
+                    )
+                )
+    return spans
+
+
+def _pb_id(raw: bytes, size: int) -> str:
+    return raw.hex() if len(raw) == size and any(raw) else ""
+
+
+def _pb_service_name(attributes: Any) -> str | None:
+    for kv in attributes:
+        if kv.key == SERVICE_NAME:
+            value = _pb_value(kv.value, 0)
+            return value if isinstance(value, str) else None
+    return None
+
+
+def _pb_attributes(attributes: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kv in attributes:
+        value = kv.value
+        which = value.WhichOneof("value")
+        if which == "string_value":
+            out[kv.key] = value.string_value
+        elif which == "int_value":
+            out[kv.key] = value.int_value
+        elif which is not None:
+            out[kv.key] = _pb_value(value, 0)
+    return out
+
+
+def _pb_value(value: Any, depth: int) -> Any:
+    which = value.WhichOneof("value")
+    if which is None:
+        return None
+    if which == "array_value":
+        if depth >= _MAX_NESTING:
+            return None
+        return [_pb_value(v, depth + 1) for v in value.array_value.values]
+    if which == "kvlist_value":
+        if depth >= _MAX_NESTING:
+            return None
+        return {kv.key: _pb_value(kv.value, depth + 1) for kv in value.kvlist_value.values}
+    if which == "bytes_value":
+        return value.bytes_value.hex()
+    return getattr(value, which)
+
+
+# --- JSON -----------------------------------------------------------------------------------------------------------
+
+
+def decode_json(body: bytes) -> list[SpanRecord]:
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise DecodeError(f"not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise DecodeError("an OTLP/JSON request must be a JSON object with resourceSpans")
+    spans: list[SpanRecord] = []
+    for resource_spans in _list(document, "resourceSpans", "resource_spans"):
+        resource = _obj(resource_spans, "resource")
+        service = _json_attributes(_list(resource, "attributes")).get(SERVICE_NAME)
+        service = service if isinstance(service, str) else None
+        for scope_spans in _list(resource_spans, "scopeSpans", "scope_spans"):
+            for s in _list(scope_spans, "spans"):
+                if not isinstance(s, dict):
+                    raise DecodeError("each span must be a JSON object")
+                status = _obj(s, "status")
+                spans.append(
+                    SpanRecord(
+                        _json_id(_field(s, "traceId", "trace_id"), 16),
+                        _json_id(_field(s, "spanId", "span_id"), 8),
+                        _json_id(_field(s, "parentSpanId", "parent_span_id"), 8),
+                        _str(_field(s, "name")),
+                        _enum(_field(s, "kind"), _KIND_NAMES),
+                        _uint(_field(s, "startTimeUnixNano", "start_time_unix_nano")),
+                        _uint(_field(s, "endTimeUnixNano", "end_time_unix_nano")),
+                        _enum(_field(status, "code"), _STATUS_NAMES),
+                        _str(_field(status, "message")),
+                        _json_attributes(_list(s, "attributes")),
+                        service,
+                    )
+                )
+    return spans
+
+
+def _field(obj: dict[str, Any], *names: str) -> Any:
+    for name in names:
+        if name in obj:
+            return obj[name]
+    return None
+
+
+def _obj(parent: Any, *names: str) -> dict[str, Any]:
+    value = _field(parent, *names) if isinstance(parent, dict) else None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DecodeError(f"{names[0]} must be a JSON object")
+    return value
+
+
+def _list(parent: Any, *names: str) -> list[Any]:
+    value = _field(parent, *names) if isinstance(parent, dict) else None
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DecodeError(f"{names[0]} must be a JSON array")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        return ""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates ("\\ud800") are valid JSON but not storable text
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def _json_id(value: Any, size: int) -> str:
+    if not isinstance(value, str) or len(value) != size * 2:
+        return ""
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        return ""
+    return raw.hex() if any(raw) else ""
+
+
+def _uint(value: Any) -> int:
+    """int64/fixed64 arrive as decimal strings (or numbers); anything unreadable is 0, which the mapping rejects."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value if value >= 0 else 0
+    if isinstance(value, str):
+        try:
+            number = int(value)
+        except ValueError:
+            return 0
+        return number if number >= 0 else 0
+    return 0
+
+
+def _enum(value: Any, names: dict[str, int]) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return names.get(value, 0)
+    return 0
+
+
+def _json_attributes(items: list[Any], depth: int = 0) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kv in items:
+        if isinstance(kv, dict) and isinstance(kv.get("key"), str):
+            out[_str(kv["key"])] = _json_value(kv.get("value"), depth)
+    return out
+
+
+def _json_value(value: Any, depth: int) -> Any:
+    if not isinstance(value, dict) or not value:
+        return None
+    if "stringValue" in value or "string_value" in value:
+        return _str(_field(value, "stringValue", "string_value"))
+    if "intValue" in value or "int_value" in value:
+        raw = _field(value, "intValue", "int_value")
+        if isinstance(raw, bool):
+            return None
+        if isinstance(raw, int):
+            return raw
+        try:
+            return int(raw) if isinstance(raw, str) else None
+        except ValueError:
+            return None
+    if "doubleValue" in value or "double_value" in value:
+        raw = _field(value, "doubleValue", "double_value")
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            return float(raw)
+        try:
+            return float(raw) if isinstance(raw, str) else None  # "NaN", "Infinity" per the JSON mapping
+        except ValueError:
+            return None
+    if "boolValue" in value or "bool_value" in value:
+        raw = _field(value, "boolValue", "bool_value")
+        return raw if isinstance(raw, bool) else None
+    if depth >= _MAX_NESTING:
+        return None
+    if "arrayValue" in value or "array_value" in value:
+        inner = _field(value, "arrayValue", "array_value")
+        items = inner.get("values", []) if isinstance(inner, dict) else []
+        return [_json_value(v, depth + 1) for v in items] if isinstance(items, list) else None
+    if "kvlistValue" in value or "kvlist_value" in value:
+        inner = _field(value, "kvlistValue", "kvlist_value")
+        items = inner.get("values", []) if isinstance(inner, dict) else []
+        return _json_attributes(items, depth + 1) if isinstance(items, list) else None
+    if "bytesValue" in value or "bytes_value" in value:
+        raw = _field(value, "bytesValue", "bytes_value")
+        try:
+            return base64.b64decode(raw, validate=True).hex() if isinstance(raw, str) else None
+        except ValueError:
+            return None
+    return None

@@ -1,0 +1,150 @@
+"""`Collector`: the ledger, the write queue, the metrics and the two HTTP servers, started and stopped together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from http.server import ThreadingHTTPServer
+from types import TracebackType
+
+import duckdb
+
+from collector.http import MetricsHandler, OtlpHandler, is_loopback, make_server
+from collector.ledger import LedgerWriter, WriteResult, open_ledger
+from collector.metrics import LedgerMetrics, make_registry
+from collector.price_cache import FastPricer
+from collector.writer import BatchWriter
+from costline.config import Config
+from costline.pricing import Pricer
+
+log = logging.getLogger("costline.collector")
+
+UNPRICED_LOG_INTERVAL_S = 600.0
+
+
+class Collector:
+    """Opens the ledger at construction (raising :class:`collector.ledger.LedgerError` if it is locked or
+    corrupt); :meth:`start` binds the OTLP and metrics servers; :meth:`stop` stops accepting, commits what is
+    queued, and closes the ledger."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        col = config.collector
+        self._con = open_ledger(col.ledger)
+        try:
+            self._token = config.ingest_token
+            self.metrics = LedgerMetrics(config, self._con.cursor)
+            self.metrics.seed(self._con)
+            self.registry = make_registry(self.metrics)
+            self._pricer = FastPricer(Pricer(config))
+            self._writer_con = self._con.cursor()
+            self._metrics_con = self._con.cursor()
+            self._writer = BatchWriter(
+                LedgerWriter(self._writer_con), self._on_commit, max_queued_spans=col.max_queued_spans
+            )
+        except BaseException:
+            self._con.close()
+            raise
+        self._servers: list[ThreadingHTTPServer] = []
+        self._threads: list[threading.Thread] = []
+        self._unpriced_logged: dict[tuple[str, str], float] = {}
+        self._started = False
+        self._stopped = False
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+
+    def start(self) -> Collector:
+        col = self.config.collector
+        if not is_loopback(col.host) and self._token is None:
+            log.warning(
+                "collector listens on %s, beyond loopback, without COSTLINE_INGEST_TOKEN: anyone who can reach it "
+                "can write spans into the ledger; set COSTLINE_INGEST_TOKEN to require a bearer token",
+                col.host,
+            )
+        self._writer.start()
+        otlp = make_server(col.host, col.otlp_port, OtlpHandler)
+        try:
+            metrics = make_server(col.host, col.metrics_port, MetricsHandler)
+        except OSError:
+            otlp.server_close()
+            raise
+        for server in (otlp, metrics):
+            server.ready = self.ready  # type: ignore[attr-defined]
+            server.token = self._token  # type: ignore[attr-defined]
+        otlp.pricer = self._pricer  # type: ignore[attr-defined]
+        otlp.writer = self._writer  # type: ignore[attr-defined]
+        otlp.max_bytes = col.max_request_bytes  # type: ignore[attr-defined]
+        metrics.registry = self.registry  # type: ignore[attr-defined]
+        metrics.reader = self._con.cursor  # type: ignore[attr-defined]
+        self._servers = [otlp, metrics]
+        for server, name in ((otlp, "otlp"), (metrics, "metrics")):
+            thread = threading.Thread(target=server.serve_forever, name=f"costline-{name}-http", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._started = True
+        log.info("OTLP receiver on %s/v1/traces, metrics on %s/metrics", self.otlp_url, self.metrics_url)
+        return self
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+        self._writer.stop()
+        for con in (self._writer_con, self._metrics_con):
+            con.close()
+        self._con.close()
+
+    def __enter__(self) -> Collector:
+        return self.start() if not self._started else self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def ready(self) -> bool:
+        return self._started and not self._stopped and self._writer.alive
+
+    # --- addresses --------------------------------------------------------------------------------------------
+
+    @property
+    def otlp_url(self) -> str:
+        return self._url(0)
+
+    @property
+    def metrics_url(self) -> str:
+        return self._url(1)
+
+    def _url(self, index: int) -> str:
+        if not self._servers:
+            raise RuntimeError("the collector is not started")
+        host, port = self._servers[index].server_address[:2]
+        shown = f"[{host}]" if ":" in str(host) else host
+        return f"http://{shown}:{port}"
+
+    # --- commits ----------------------------------------------------------------------------------------------
+
+    def _on_commit(self, result: WriteResult, rejected: int) -> None:
+        unpriced = self.metrics.apply(self._metrics_con, result, rejected)
+        now = time.monotonic()
+        for (provider, model), count in unpriced.items():
+            last = self._unpriced_logged.get((provider, model))
+            if last is None or now - last >= UNPRICED_LOG_INTERVAL_S:
+                self._unpriced_logged[(provider, model)] = now
+                log.warning(
+                    "%d attempt(s) of provider=%s model=%s could not be priced and were stored with a NULL cost; "
+                    'add [prices."%s"] to the config to price them',
+                    count,
+                    provider,
+                    model,
+                    model,
+                )
+
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor on the ledger (read it while the collector runs; close it when done)."""
+        return self._con.cursor()

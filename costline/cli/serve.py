@@ -1,0 +1,60 @@
+"""`costline serve`: run the collector until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Annotated
+
+import typer
+
+from costline.cli.app import ConfigOption, app, console, fail, load_or_exit
+
+
+@app.command("serve")
+def serve(
+    config: ConfigOption = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every request.")] = False,
+) -> None:
+    """Run the collector: OTLP/HTTP in, the DuckDB ledger and Prometheus /metrics out."""
+    # Imported here so that other commands do not pay for the collector's imports.
+    from collector.ledger import LedgerError
+    from collector.service import Collector
+
+    cfg = load_or_exit(config)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        collector = Collector(cfg)
+    except LedgerError as exc:
+        fail(str(exc))
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            collector.start()
+        except OSError as exc:
+            collector.stop()
+            fail(
+                f"cannot listen on {cfg.collector.host} (otlp_port {cfg.collector.otlp_port}, metrics_port "
+                f"{cfg.collector.metrics_port}): {exc}; stop what holds the port or change collector.otlp_port / "
+                "collector.metrics_port"
+            )
+        console.print(
+            f"costline collector: OTLP {collector.otlp_url}/v1/traces · metrics {collector.metrics_url}/metrics · "
+            f"ledger {cfg.collector.ledger} — Ctrl-C to stop",
+            highlight=False,
+        )
+        stop.wait()
+        console.print("stopping: committing queued spans…", highlight=False)
+    finally:
+        collector.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
