@@ -1,0 +1,195 @@
+"""`costline demo`: a mixed workload through the real pipeline on SIMULATED models, then reports from the ledger."""
+
+from __future__ import annotations
+
+import shlex
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from prometheus_client.parser import text_string_to_metric_families
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from collector.reports import Report, Window, cost_report, escalation_report, savings_report
+from costline.cli.app import app, console, fail
+from costline.cli.report import ReportFormat, render_report
+from costline.demo.profiles import CLAUDE_PROFILE, LOCAL_PROFILES, SPEEDUP
+from costline.demo.run import SQL_TO_TRY, Demo, DemoError, DemoOptions, DemoRun, wait_for_interrupt
+from costline.ledger_reader import LedgerError
+
+
+@app.command()
+def demo(
+    tasks: Annotated[int, typer.Option("--tasks", "-n", min=1, help="How many tasks to route.")] = 300,
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Demo directory (ledger, config, usage db); deleted and recreated each run.")
+    ] = Path("costline-demo"),
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Tasks routed at once.")] = 16,
+    seed: Annotated[int, typer.Option("--seed", help="Workload and failure draws; same seed, same run.")] = 7,
+    quota: Annotated[
+        int | None, typer.Option("--quota", min=0, help="Escalation calls per hour (default: 10 % of the tasks).")
+    ] = None,
+    keep_serving: Annotated[
+        bool, typer.Option("--keep-serving", help="Leave the collector (/metrics, query API) up until Ctrl-C.")
+    ] = False,
+    otlp_endpoint: Annotated[
+        str | None,
+        typer.Option("--otlp-endpoint", help="Send the spans to this running collector instead of starting one."),
+    ] = None,
+) -> None:
+    """The whole pipeline end to end on SIMULATED Ollama and Claude, then the cost reports."""
+    options = DemoOptions(tasks, directory, concurrency, seed, quota, keep_serving, otlp_endpoint)
+    demo_run = Demo(options, console)
+    try:
+        with demo_run:
+            run = demo_run.run(on_started=_print_banner)
+            if run.ledger is None:
+                _print_router_summary(run)
+                return
+            _print_reports(run)
+            if keep_serving:
+                console.print(
+                    f"\n[bold]Collector still serving[/bold]: {run.metrics_url} — Ctrl-C to stop.", highlight=False
+                )
+                wait_for_interrupt()
+    except KeyboardInterrupt:
+        console.print("\n[yellow]interrupted[/yellow]: the simulated servers and the collector are stopped.")
+        raise typer.Exit(130) from None
+    except (DemoError, LedgerError) as exc:
+        fail(str(exc))
+
+
+def _print_banner(run: DemoRun) -> None:
+    chain = " → ".join(p.model for p in LOCAL_PROFILES)
+    lines = Text()
+    lines.append("SIMULATED Ollama  ", style="bold magenta")
+    lines.append(f"{run.ollama_url}  {chain}\n")
+    lines.append("SIMULATED Claude  ", style="bold magenta")
+    quota = run.config.escalation.max_calls_per_hour
+    lines.append(f"{run.claude_url}  {CLAUDE_PROFILE.model} (escalation quota: {quota} calls/hour)\n")
+    if run.metrics_url:
+        lines.append("collector         ", style="bold")
+        lines.append(f"OTLP {run.config.telemetry.otlp_endpoint}  metrics {run.metrics_url}\n")
+        lines.append("ledger            ", style="bold")
+        lines.append(f"{run.ledger_path} (fresh)\n")
+    else:
+        lines.append("spans to          ", style="bold")
+        lines.append(f"{run.config.telemetry.otlp_endpoint}\n")
+    lines.append(
+        "\nNo real model runs and no real API key is used. The simulated servers speak the real Ollama and Anthropic "
+        "HTTP APIs to the real client libraries, report realistic token counts and durations (then answer "
+        f"{SPEEDUP:g}x faster), and fail at realistic rates: busy, crashed, broken streams, hangs, bad answers, "
+        "429 and 529."
+    )
+    title = f"costline demo — {run.options.tasks} tasks on SIMULATED models"
+    console.print(Panel(lines, title=title, title_align="left", border_style="magenta"), highlight=False)
+
+
+def _routing_line(run: DemoRun) -> str:
+    outcomes = run.outcomes()
+    escalated = sum(r.escalated for r in run.results if r.outcome == "completed")
+    local = outcomes["completed"] - escalated
+    return (
+        f"Routed {len(run.results)} tasks ({run.attempts} attempts) in {run.elapsed_s:.1f} s, "
+        f"{run.options.concurrency} at a time: {local} completed locally, {escalated} completed on Claude, "
+        f"{outcomes['quota_exhausted']} refused by the quota, {outcomes['failed']} failed."
+    )
+
+
+def _print_router_summary(run: DemoRun) -> None:
+    console.print(_routing_line(run), highlight=False)
+    console.print(
+        f"Spans sent to {run.config.telemetry.otlp_endpoint}; query that collector's ledger with `costline report`.",
+        highlight=False,
+    )
+
+
+def _print_reports(run: DemoRun) -> None:
+    assert run.ledger is not None and run.reader is not None
+    ledger = run.ledger
+    console.print(_routing_line(run), highlight=False)
+    match = ledger.tasks == len(run.results) and ledger.attempts == run.attempts
+    verdict = "[green]matches the router[/green]" if match else "[red]DOES NOT match the router[/red]"
+    console.print(
+        f"Ledger: {ledger.tasks} tasks and {ledger.attempts} attempts stored, total cost "
+        f"${ledger.cost_usd:.6f} — {verdict}.",
+        highlight=False,
+    )
+    if not match:
+        raise DemoError(
+            f"the ledger has {ledger.tasks} tasks and {ledger.attempts} attempts, but the router routed "
+            f"{len(run.results)} tasks with {run.attempts} attempts"
+        )
+
+    window = Window(run.started_at - timedelta(minutes=1), datetime.now(UTC) + timedelta(minutes=1))
+    cost = cost_report(run.reader, window, ("provider", "model")).tables
+    escalations = escalation_report(run.reader, window).tables
+    savings = savings_report(run.reader, window, run.config.escalation.model).tables
+    console.print()
+    render_report(Report("demo", window, [*cost, escalations[0], escalations[1], savings[0]]), ReportFormat.table)
+    _print_headroom(run)
+    _print_where(run)
+
+
+def _ratio(used: Decimal | int, limit: Decimal | int) -> str:
+    if not limit:
+        return "no limit"
+    left = max(Decimal(0), min(Decimal(1), (Decimal(limit) - Decimal(used)) / Decimal(limit)))
+    return f"{left * 100:.1f} % headroom"
+
+
+def _print_headroom(run: DemoRun) -> None:
+    room = run.headroom
+    if room is None:
+        return
+    grid = Table(title="Quota and budget headroom", title_justify="left", show_header=False, box=None)
+    grid.add_column(style="bold")
+    grid.add_column(justify="right")
+    grid.add_column()
+    next_slot = f" (next slot {room.next_slot_at:%H:%M:%S} UTC)" if room.next_slot_at else ""
+    grid.add_row(
+        "escalation calls, last hour",
+        f"{room.calls_last_hour} / {room.max_calls_per_hour}",
+        _ratio(room.calls_last_hour, room.max_calls_per_hour) + next_slot,
+    )
+    daily = f"${room.spent_today_usd:.2f} / ${room.daily_usd:.2f}"
+    grid.add_row("daily budget", daily, _ratio(room.spent_today_usd, room.daily_usd))
+    grid.add_row(
+        "monthly budget",
+        f"${room.spent_month_usd:.2f} / ${room.monthly_usd:.2f}",
+        _ratio(room.spent_month_usd, room.monthly_usd),
+    )
+    console.print(grid)
+    gauges = _headroom_gauges(run.metrics_text)
+    if gauges:
+        console.print("  as /metrics exports them: " + ", ".join(gauges), highlight=False)
+    console.print()
+
+
+def _headroom_gauges(metrics_text: str | None) -> list[str]:
+    if not metrics_text:
+        return []
+    shown = []
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name in ("costline_quota_headroom_ratio", "costline_budget_headroom_ratio"):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
+                shown.append(f"{sample.name}{{{labels}}} {sample.value:.3f}")
+    return shown
+
+
+def _print_where(run: DemoRun) -> None:
+    config = shlex.quote(str(run.config_path))
+    console.print("[bold]Where things are[/bold]")
+    console.print(f"  ledger   {run.ledger_path}   (open it with `duckdb {shlex.quote(str(run.ledger_path))}`)")
+    console.print(f"  config   {run.config_path}   (costline report --config {config} --by model)")
+    serving = "serving until Ctrl-C" if run.options.keep_serving else "stopped now; --keep-serving keeps it up"
+    console.print(f"  metrics  {run.metrics_url}   ({serving})", highlight=False)
+    console.print("\n[bold]Three queries to try[/bold]")
+    for title, sql in SQL_TO_TRY:
+        console.print(f"  # {title}", style="dim", highlight=False)
+        console.print(f"  costline sql --config {config} {shlex.quote(sql)}", highlight=False, soft_wrap=True)
