@@ -21,7 +21,7 @@ from router.providers import Reply
 from router.providers.anthropic import AnthropicProvider
 from router.providers.ollama import OllamaProvider
 from router.task import AttemptRecord, Task, TaskResult
-from router.telemetry import Telemetry, build_tracer_provider
+from router.telemetry import ReportingExporter, Telemetry, build_tracer_provider
 from router.usage_store import Limits, Refusal, Reservation, UsageStore
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,10 @@ class Router:
                     esc.model,
                 )
         self._owns_provider = tracer_provider is None
-        self._tracer_provider = tracer_provider or build_tracer_provider(config)
+        self.exporter: ReportingExporter | None = None  # set when the router made its own provider
+        if tracer_provider is None:
+            tracer_provider, self.exporter = build_tracer_provider(config)
+        self._tracer_provider = tracer_provider
         self.telemetry = Telemetry(self._tracer_provider, config.telemetry.capture_content)
         self.usage = UsageStore(config.usage_db_path, Limits.from_config(config))
         self._ollama = self._new_ollama()

@@ -10,8 +10,8 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from costline import spans as attr
@@ -23,18 +23,45 @@ TRACES_PATH = "/v1/traces"
 INSTRUMENTATION_NAME = "costline.router"
 
 
-def build_tracer_provider(config: Config) -> TracerProvider:
+class ReportingExporter(SpanExporter):
+    """Passes spans on and counts those the backend never received, so a caller can say so once."""
+
+    def __init__(self, inner: SpanExporter, endpoint: str) -> None:
+        self.inner = inner
+        self.endpoint = endpoint
+        self.spans_lost = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = self.inner.export(spans)
+        if result is not SpanExportResult.SUCCESS:
+            self.spans_lost += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def build_tracer_provider(
+    config: Config, *, export_timeout_s: float | None = None
+) -> tuple[TracerProvider, ReportingExporter]:
     """A provider exporting over OTLP/HTTP with a batch processor; standard ``OTEL_*`` variables win."""
-    if os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        exporter = OTLPSpanExporter()
+    env_endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if env_endpoint:
+        endpoint = env_endpoint
+        otlp = OTLPSpanExporter(timeout=export_timeout_s)
     else:
-        exporter = OTLPSpanExporter(endpoint=config.telemetry.otlp_endpoint.rstrip("/") + TRACES_PATH)
+        endpoint = config.telemetry.otlp_endpoint.rstrip("/") + TRACES_PATH
+        otlp = OTLPSpanExporter(endpoint=endpoint, timeout=export_timeout_s)
+    exporter = ReportingExporter(otlp, endpoint)
     resource_attributes = (
         {} if os.environ.get("OTEL_SERVICE_NAME") else {attr.SERVICE_NAME: config.telemetry.service_name}
     )
     provider = TracerProvider(resource=Resource.create(resource_attributes))
     provider.add_span_processor(BatchSpanProcessor(exporter))
-    return provider
+    return provider, exporter
 
 
 class Telemetry:

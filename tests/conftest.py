@@ -105,3 +105,74 @@ class SpanReader:
 @pytest.fixture
 def spans(span_exporter: InMemorySpanExporter) -> SpanReader:
     return SpanReader(span_exporter)
+
+
+class OtlpReceiver:
+    """A loopback OTLP/HTTP endpoint: decodes each ``POST /v1/traces`` protobuf body and keeps the spans."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        receiver = self
+        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+        self.headers: list[dict[str, str]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path != "/v1/traces":
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                message = trace_service_pb2.ExportTraceServiceRequest()
+                message.ParseFromString(body)
+                receiver.requests.append(message)
+                receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
+                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def spans(self) -> list[tuple[dict[str, Any], Any, Any]]:
+        """(resource attributes, span attributes as a dict, the protobuf span) for every span received."""
+        found = []
+        for request in self.requests:
+            for resource_spans in request.resource_spans:
+                resource = {kv.key: _any_value(kv.value) for kv in resource_spans.resource.attributes}
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        found.append((resource, {kv.key: _any_value(kv.value) for kv in span.attributes}, span))
+        return found
+
+    def __enter__(self) -> OtlpReceiver:
+        import threading
+
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _any_value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_any_value(v) for v in value.array_value.values]
+    return getattr(value, kind) if kind else None
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        yield receiver

@@ -1,0 +1,79 @@
+"""`costline route PROMPT`: route one task and print the answer and what it cost."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.text import Text
+
+from costline.cli.app import ConfigOption, app, err_console, fail, load_or_exit
+from costline.config import ConfigError
+
+if TYPE_CHECKING:
+    from router.task import TaskResult
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_REFUSED = 3  # quota or budget refused the escalation the task needed
+EXPORT_TIMEOUT_S = 2.0
+
+
+@app.command()
+def route(
+    prompt: Annotated[str, typer.Argument(help="The task for the model.")],
+    task_type: Annotated[str, typer.Option("--type", "-t", help="Task type (critical types escalate sooner).")] = (
+        "general"
+    ),
+    critical: Annotated[bool, typer.Option("--critical", help="Escalate after one local failure.")] = False,
+    claude: Annotated[bool, typer.Option("--claude", help="Skip the local models and ask Claude.")] = False,
+    system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Route one task: local models first, Claude when they fail. Prints the answer, then a cost summary."""
+    # Imported here so `costline --help` and the collector commands do not load the model clients.
+    from router import Router, Task
+    from router.telemetry import build_tracer_provider
+
+    cfg = load_or_exit(config)
+    # A short export deadline: a missing collector must not hold the answer back for long.
+    provider, exporter = build_tracer_provider(cfg, export_timeout_s=EXPORT_TIMEOUT_S)
+    logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)  # one warning below instead
+    try:
+        try:
+            router = Router(cfg, tracer_provider=provider)
+        except ConfigError as exc:
+            fail(str(exc), code=EXIT_CONFIG)
+        with router:
+            task = Task(
+                prompt, type=task_type, system=system, critical=True if critical else None, prefer_escalation=claude
+            )
+            result = router.run(task)
+    finally:
+        provider.shutdown()
+    if result.ok:
+        typer.echo(result.text)
+    err_console.print(summary_line(result), highlight=False, soft_wrap=True)
+    if exporter.spans_lost:
+        err_console.print(
+            f"warning: {exporter.spans_lost} spans were not exported to {exporter.endpoint}; is the collector "
+            "running? (costline serve, or set telemetry.otlp_endpoint)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if not result.ok:
+        fail(result.error or result.outcome, code=EXIT_REFUSED if result.outcome == "quota_exhausted" else EXIT_FAILED)
+
+
+def summary_line(result: TaskResult) -> Text:
+    """One line: attempts with their models, tokens, cost, and whether the task escalated."""
+    steps = ", ".join(f"{a.model} {'ok' if a.ok else a.error_type}" for a in result.attempts) or "no model called"
+    reasons = sorted({a.escalation_reason for a in result.attempts if a.escalation_reason})
+    escalated = f"escalated ({', '.join(reasons)})" if result.escalated else "not escalated"
+    noun = "attempt" if len(result.attempts) == 1 else "attempts"
+    return Text(
+        f"{len(result.attempts)} {noun} ({steps}) · {result.input_tokens:,} in / {result.output_tokens:,} out tokens"
+        f" · ${result.cost_usd:.6f} · {escalated} · {result.outcome}",
+        style="dim",
+    )
