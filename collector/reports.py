@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -189,35 +190,52 @@ def cost_report(reader: Reader, window: Window, by: Sequence[str] = ()) -> Repor
 
 _ESCALATED = "tier = 'escalation'"
 _REFUSED = "error_type IN ('quota_exhausted', 'budget_exhausted')"
-_ESCALATION_MEASURES = f"""
-       count(DISTINCT task_id) AS tasks,
-       count(DISTINCT task_id) FILTER (WHERE {_ESCALATED}) AS escalated_tasks,
-       count(DISTINCT task_id) FILTER (WHERE {_ESCALATED}) / nullif(count(DISTINCT task_id), 0) AS escalation_rate,
-       count(*) FILTER (WHERE {_ESCALATED}) AS escalation_attempts,
-       count(*) FILTER (WHERE {_ESCALATED} AND outcome = 'success') AS escalation_successes,
-       count(*) FILTER (WHERE {_ESCALATED} AND {_REFUSED}) AS escalations_refused,
-       coalesce(sum(cost_usd) FILTER (WHERE {_ESCALATED}), 0) AS escalation_cost_usd"""
+# Per task first, then per task type: one pass instead of several DISTINCT aggregates over every attempt.
+_ESCALATION_BY_TASK_TYPE = f"""
+SELECT task_type,
+       grouping(task_type) AS is_total,
+       count(*) AS tasks,
+       count(*) FILTER (WHERE escalated) AS escalated_tasks,
+       count(*) FILTER (WHERE escalated) / count(*) AS escalation_rate,
+       coalesce(sum(escalation_attempts), 0) AS escalation_attempts,
+       coalesce(sum(escalation_successes), 0) AS escalation_successes,
+       coalesce(sum(escalations_refused), 0) AS escalations_refused,
+       coalesce(sum(escalation_cost_usd), 0) AS escalation_cost_usd
+FROM (
+    SELECT task_type, task_id,
+           bool_or({_ESCALATED}) AS escalated,
+           count(*) FILTER (WHERE {_ESCALATED}) AS escalation_attempts,
+           count(*) FILTER (WHERE {_ESCALATED} AND outcome = 'success') AS escalation_successes,
+           count(*) FILTER (WHERE {_ESCALATED} AND {_REFUSED}) AS escalations_refused,
+           sum(cost_usd) FILTER (WHERE {_ESCALATED}) AS escalation_cost_usd
+    FROM attempt_costs
+    WHERE task_id IS NOT NULL AND {_WINDOW_FILTER}
+    GROUP BY task_type, task_id
+)
+GROUP BY GROUPING SETS ((task_type), ())
+ORDER BY is_total, escalated_tasks DESC, tasks DESC, task_type NULLS LAST"""
+
+_EMPTY_ESCALATION_TOTAL = {
+    "task_type": None,
+    "tasks": 0,
+    "escalated_tasks": 0,
+    "escalation_rate": None,
+    "escalation_attempts": 0,
+    "escalation_successes": 0,
+    "escalations_refused": 0,
+    "escalation_cost_usd": Decimal(0),
+}
 
 
 def escalation_report(reader: Reader, window: Window) -> Report:
     """Escalation rate by task type, escalations by reason, and how local models fail."""
-    where = f"task_id IS NOT NULL AND {_WINDOW_FILTER}"
-    by_type = _rows(
-        reader.query(
-            with_views(
-                f"SELECT task_type,{_ESCALATION_MEASURES}\nFROM attempt_costs WHERE {where}\n"
-                "GROUP BY task_type ORDER BY escalated_tasks DESC, tasks DESC, task_type NULLS LAST",
-                "attempt_costs",
-            ),
-            window.params,
-        )
-    )
-    type_total = _rows(
-        reader.query(
-            with_views(f"SELECT {_ESCALATION_MEASURES}\nFROM attempt_costs WHERE {where}", "attempt_costs"),
-            window.params,
-        )
-    )[0]
+    by_type: list[dict[str, Any]] = []
+    type_total = dict(_EMPTY_ESCALATION_TOTAL)
+    for row in _rows(reader.query(with_views(_ESCALATION_BY_TASK_TYPE, "attempt_costs"), window.params)):
+        if row.pop("is_total"):
+            type_total = row
+        else:
+            by_type.append(row)
     reasons = _rows(
         reader.query(
             with_views(
