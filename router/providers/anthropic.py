@@ -51,8 +51,10 @@ class AnthropicProvider:
 
     def chat(self, model: str, system: str | None, messages: Sequence[Mapping[str, Any]]) -> Reply:
         try:
-            if self._client is None:
-                self._client = anthropic.Anthropic(**self._options())
+            options = self._options()
+            if self._client is None or self._client.api_key != options["api_key"]:
+                self.close()  # first call, or the key in the environment changed
+                self._client = anthropic.Anthropic(**options)
             message = self._client.messages.create(**self._request(model, system, messages))
         except Exception as exc:
             raise classify_anthropic(exc) from exc
@@ -60,8 +62,10 @@ class AnthropicProvider:
 
     async def achat(self, model: str, system: str | None, messages: Sequence[Mapping[str, Any]]) -> Reply:
         try:
-            if self._async_client is None:
-                self._async_client = anthropic.AsyncAnthropic(**self._options())
+            options = self._options()
+            if self._async_client is None or self._async_client.api_key != options["api_key"]:
+                await self.aclose()
+                self._async_client = anthropic.AsyncAnthropic(**options)
             message = await self._async_client.messages.create(**self._request(model, system, messages))
         except Exception as exc:
             raise classify_anthropic(exc) from exc
