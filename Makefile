@@ -23,5 +23,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Regenerates grafana/ and prometheus/ from dashboards/; RUNBOOK_BASE_URL=https://… sets where alerts link.
+dashboards: $(STAMP)
+	$(BIN)/python -m dashboards $(if $(RUNBOOK_BASE_URL),--runbook-base-url $(RUNBOOK_BASE_URL))
+	@if command -v promtool >/dev/null; then \
+		promtool check rules prometheus/rules/*.yml && promtool test rules prometheus/tests/*.yml; \
+	else echo "promtool not found (apt-get install prometheus): rules generated but not checked"; fi
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,47 @@
+"""Metric and label names the collector exports (DESIGN §5), and the names this package records.
+
+Queries are built from these constants so that a renamed metric breaks one line, not forty strings.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+ATTEMPTS: Final = "costline_attempts_total"
+TASKS: Final = "costline_tasks_total"
+ESCALATIONS: Final = "costline_escalations_total"
+COST: Final = "costline_cost_usd_total"
+COUNTERFACTUAL: Final = "costline_counterfactual_usd_total"
+TOKENS: Final = "costline_tokens_total"
+DURATION_BUCKET: Final = "costline_attempt_duration_seconds_bucket"
+QUOTA_HEADROOM: Final = "costline_quota_headroom_ratio"
+QUOTA_LIMIT: Final = "costline_quota_limit"
+QUOTA_USED: Final = "costline_quota_used"
+BUDGET_LIMIT: Final = "costline_budget_limit_usd"
+BUDGET_SPENT: Final = "costline_budget_spent_usd"
+BUDGET_HEADROOM: Final = "costline_budget_headroom_ratio"
+INGEST: Final = "costline_ingest_spans_total"
+UNPRICED: Final = "costline_unpriced_attempts_total"
+
+# Label values fixed by the contract.
+ESCALATION_QUOTA: Final = 'quota="escalations_per_hour"'
+DAILY: Final = 'period="daily"'
+MONTHLY: Final = 'period="monthly"'
+ESCALATED: Final = 'escalated="true"'
+LOCAL_PROVIDER: Final = 'provider="ollama"'
+ROUTED_ATTEMPT: Final = 'tier!=""'  # attempts of other emitters carry tier "" and belong to no routed task
+ERROR: Final = 'outcome="error"'
+REJECTED: Final = 'result="rejected"'
+
+# Recording rules (level:metric:operations).
+ESCALATION_RATIO: Final = "costline:escalation_ratio:rate{window}"
+COST_RATE: Final = "costline:cost_usd:rate{window}"
+MODEL_COST_RATE: Final = "model:costline_cost_usd:rate{window}"
+DAILY_BURN: Final = "costline:daily_budget_burn:rate{window}"
+ATTEMPTS_PER_TASK: Final = "costline:attempts_per_task:rate{window}"
+PROJECTED_MONTH_END: Final = "costline:cost_usd:projected_month_end"
+
+
+def windowed(name: str, window: str) -> str:
+    """``windowed(COST_RATE, "5m") == "costline:cost_usd:rate5m"``."""
+    return name.format(window=window)
