@@ -15,9 +15,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from collector.views import COST_MEASURES, SAVINGS_MEASURES, with_views
-
-ESCALATION_REFUSALS = ("quota_exhausted", "budget_exhausted")
+from collector.views import COST_MEASURES, ESCALATION_MADE, REFUSED_ERROR_TYPES, SAVINGS_MEASURES, with_views
 
 # --by names → columns of attempt_costs. Only these names ever reach the SQL text.
 GROUP_COLUMNS: dict[str, str] = {
@@ -189,7 +187,7 @@ def cost_report(reader: Reader, window: Window, by: Sequence[str] = ()) -> Repor
 
 
 _ESCALATED = "tier = 'escalation'"
-_REFUSED = "error_type IN ('quota_exhausted', 'budget_exhausted')"
+_REFUSED = f"coalesce(error_type, '') IN ({', '.join(repr(t) for t in REFUSED_ERROR_TYPES)})"
 # Per task first, then per task type: one pass instead of several DISTINCT aggregates over every attempt.
 _ESCALATION_BY_TASK_TYPE = f"""
 SELECT task_type,
@@ -197,14 +195,14 @@ SELECT task_type,
        count(*) AS tasks,
        count(*) FILTER (WHERE escalated) AS escalated_tasks,
        count(*) FILTER (WHERE escalated) / count(*) AS escalation_rate,
-       coalesce(sum(escalation_attempts), 0) AS escalation_attempts,
+       coalesce(sum(escalations), 0) AS escalations,
        coalesce(sum(escalation_successes), 0) AS escalation_successes,
        coalesce(sum(escalations_refused), 0) AS escalations_refused,
        coalesce(sum(escalation_cost_usd), 0) AS escalation_cost_usd
 FROM (
     SELECT task_type, task_id,
-           bool_or({_ESCALATED}) AS escalated,
-           count(*) FILTER (WHERE {_ESCALATED}) AS escalation_attempts,
+           bool_or({ESCALATION_MADE}) AS escalated,
+           count(*) FILTER (WHERE {ESCALATION_MADE}) AS escalations,
            count(*) FILTER (WHERE {_ESCALATED} AND outcome = 'success') AS escalation_successes,
            count(*) FILTER (WHERE {_ESCALATED} AND {_REFUSED}) AS escalations_refused,
            sum(cost_usd) FILTER (WHERE {_ESCALATED}) AS escalation_cost_usd
@@ -220,7 +218,7 @@ _EMPTY_ESCALATION_TOTAL = {
     "tasks": 0,
     "escalated_tasks": 0,
     "escalation_rate": None,
-    "escalation_attempts": 0,
+    "escalations": 0,
     "escalation_successes": 0,
     "escalations_refused": 0,
     "escalation_cost_usd": Decimal(0),
@@ -240,14 +238,14 @@ def escalation_report(reader: Reader, window: Window) -> Report:
         reader.query(
             with_views(
                 f"""SELECT coalesce(reason, 'unknown') AS reason, model,
-       count(*) AS attempts,
-       count(DISTINCT task_id) AS tasks,
+       count(*) FILTER (WHERE NOT {_REFUSED}) AS escalations,
+       count(DISTINCT task_id) FILTER (WHERE NOT {_REFUSED}) AS tasks,
        count(*) FILTER (WHERE outcome = 'success') AS successes,
-       count(*) FILTER (WHERE outcome = 'error' AND NOT ({_REFUSED})) AS errors,
+       count(*) FILTER (WHERE outcome = 'error' AND NOT {_REFUSED}) AS errors,
        count(*) FILTER (WHERE {_REFUSED}) AS refused,
        coalesce(sum(cost_usd), 0) AS cost_usd
 FROM escalations WHERE {_WINDOW_FILTER}
-GROUP BY ALL ORDER BY attempts DESC, reason, model""",
+GROUP BY ALL ORDER BY escalations DESC, refused DESC, reason, model""",
                 "escalations",
             ),
             window.params,
@@ -281,7 +279,7 @@ ORDER BY model_failures DESC, provider, model, failures DESC, error_type""",
         _col("tasks", "count"),
         _col("escalated_tasks", "count", "escalated"),
         _col("escalation_rate", "ratio", "rate"),
-        _col("escalation_attempts", "count", "escalation attempts"),
+        _col("escalations", "count"),
         _col("escalation_successes", "count", "succeeded"),
         _col("escalations_refused", "count", "refused (quota/budget)"),
         _col("escalation_cost_usd", "usd", "escalation cost"),
@@ -292,7 +290,7 @@ ORDER BY model_failures DESC, provider, model, failures DESC, error_type""",
     reason_columns = [
         _col("reason", "text"),
         _col("model", "text", "escalation model"),
-        _col("attempts", "count"),
+        _col("escalations", "count"),
         _col("tasks", "count"),
         _col("successes", "count"),
         _col("errors", "count"),

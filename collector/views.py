@@ -91,14 +91,21 @@ FROM attempt_costs
 WHERE tier = 'escalation'
 """
 
-# A task escalated when any of its attempts is on the escalation tier, refused ones (quota, budget) included:
-# the rate says how often local models were not enough, whether or not Claude was then allowed to answer.
-ESCALATION_RATE = """
+# A task escalated when one of its escalation-tier attempts was made: an escalation refused by the quota or a budget
+# never reached the cloud, so it does not count (as in the router's costline.task.escalated and the metrics).
+REFUSED_ERROR_TYPES = ("quota_exhausted", "budget_exhausted")
+ESCALATION_MADE = (
+    f"tier = 'escalation' AND coalesce(error_type, '') NOT IN ({', '.join(repr(t) for t in REFUSED_ERROR_TYPES)})"
+)
+ESCALATION_REFUSED = f"tier = 'escalation' AND error_type IN ({', '.join(repr(t) for t in REFUSED_ERROR_TYPES)})"
+
+ESCALATION_RATE = f"""
 SELECT day,
        task_type,
        count(DISTINCT task_id) AS tasks,
-       count(DISTINCT task_id) FILTER (WHERE tier = 'escalation') AS escalated_tasks,
-       count(DISTINCT task_id) FILTER (WHERE tier = 'escalation') / count(DISTINCT task_id) AS escalation_rate
+       count(DISTINCT task_id) FILTER (WHERE {ESCALATION_MADE}) AS escalated_tasks,
+       count(DISTINCT task_id) FILTER (WHERE {ESCALATION_MADE}) / count(DISTINCT task_id) AS escalation_rate,
+       count(DISTINCT task_id) FILTER (WHERE {ESCALATION_REFUSED}) AS refused_tasks
 FROM attempt_costs
 WHERE task_id IS NOT NULL
 GROUP BY day, task_type

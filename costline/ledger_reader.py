@@ -141,12 +141,16 @@ class LedgerReader:
                 payload = response.read()
         except urllib.error.HTTPError as exc:
             raise self._collector_refusal(exc) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+        except urllib.error.URLError as exc:
             raise LedgerError(
                 f"the ledger {self.source.path} is locked by another process, and no collector answers "
-                f"at {url} ({reason}); stop the process holding the file, or set collector.host and "
+                f"at {url} ({exc.reason}); stop the process holding the file, or set collector.host and "
                 "collector.metrics_port to the running collector's"
+            ) from None
+        except OSError as exc:  # connected, then the answer broke off
+            raise LedgerError(
+                f"the ledger {self.source.path} is held by a collector that did not answer the query at {url}: "
+                f"{exc or type(exc).__name__}"
             ) from None
         try:
             return pa.ipc.open_stream(payload).read_all()

@@ -35,27 +35,28 @@ def test_escalation_rate_by_task_type(config: Path) -> None:
     table = report(config, "escalations")["tables"]["by_task_type"]
     rows = {row["task_type"]: row for row in table["rows"]}
     assert {k: (v["tasks"], v["escalated_tasks"], v["escalation_rate"]) for k, v in rows.items()} == {
-        "summarize": (2, 2, 1),
+        "summarize": (2, 1, Decimal("0.5")),
         "code_generation": (1, 1, 1),
         "general": (2, 0, 0),
     }
     summarize = rows["summarize"]
-    assert summarize["escalation_attempts"] == 2
+    assert summarize["escalations"] == 1  # t4's escalation was refused by the quota: not made, so not counted
     assert summarize["escalation_successes"] == 1
-    assert summarize["escalations_refused"] == 1  # t4's quota_exhausted
+    assert summarize["escalations_refused"] == 1
     assert summarize["escalation_cost_usd"] == Decimal("0.0105")
     total = table["total"]
-    assert (total["tasks"], total["escalated_tasks"]) == (5, 3)
-    assert total["escalation_rate"] == Decimal("0.6")
+    assert (total["tasks"], total["escalated_tasks"], total["escalations"]) == (5, 2, 2)
+    assert total["escalation_rate"] == Decimal("0.4")
     assert total["escalation_cost_usd"] == Decimal("0.0526")
 
 
 def test_escalations_by_reason(config: Path) -> None:
     rows = report(config, "escalations")["tables"]["reasons"]["rows"]
     assert [
-        (r["reason"], r["model"], r["attempts"], r["successes"], r["errors"], r["refused"], r["cost_usd"]) for r in rows
+        (r["reason"], r["model"], r["escalations"], r["successes"], r["errors"], r["refused"], r["cost_usd"])
+        for r in rows
     ] == [
-        ("threshold", SONNET, 2, 1, 0, 1, Decimal("0.0105")),
+        ("threshold", SONNET, 1, 1, 0, 1, Decimal("0.0105")),
         ("critical", SONNET, 1, 1, 0, 0, Decimal("0.0421")),
     ]
 
@@ -93,7 +94,7 @@ def test_escalations_table_shows_rates_as_percentages(config: Path) -> None:
     result = runner.invoke(app, ["report", "escalations", *WINDOW, "-c", str(config)])
     assert result.exit_code == 0, result.output
     total = next(line for line in result.stdout.splitlines() if line.strip().startswith("total"))
-    assert total.split() == ["total", "5", "3", "60.0", "%", "3", "2", "1", "$0.05"]
+    assert total.split() == ["total", "5", "2", "40.0", "%", "2", "2", "1", "$0.05"]
 
 
 def test_savings_against_the_all_claude_baseline(config: Path) -> None:
