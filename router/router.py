@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from anthropic.resources.messages import DEPRECATED_MODELS
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -38,11 +39,13 @@ class Router:
         esc = config.escalation
         if esc.enabled:
             self.pricer.ensure_priceable(attr.PROVIDER_ANTHROPIC, esc.model, "escalation.model")
-            if is_deprecated(attr.PROVIDER_ANTHROPIC, esc.model):
+            end_of_life = DEPRECATED_MODELS.get(esc.model)  # the SDK's own table, with the date
+            if end_of_life or is_deprecated(attr.PROVIDER_ANTHROPIC, esc.model):
                 log.warning(
-                    "escalation.model %r is deprecated by Anthropic; switch to a current model such as "
+                    "escalation.model %r is deprecated by Anthropic%s; switch to a current model such as "
                     "claude-sonnet-4-6",
                     esc.model,
+                    f" (end of life: {end_of_life})" if end_of_life else "",
                 )
         self._owns_provider = tracer_provider is None
         self.exporter: ReportingExporter | None = None  # set when the router made its own provider

@@ -64,10 +64,14 @@ def test_unpriceable_model_is_fine_when_escalation_is_disabled(tmp_path, tracer_
 
 
 def test_deprecated_escalation_model_warns_at_start(make_config, tracer_provider, monkeypatch, caplog):
-    monkeypatch.setattr("router.router.is_deprecated", lambda provider, model: model == "claude-sonnet-4-5")
+    monkeypatch.setattr("router.router.is_deprecated", lambda provider, model: model == "claude-opus-4-1")
+    monkeypatch.setattr("router.router.DEPRECATED_MODELS", {"claude-3-7-sonnet-latest": "February 19th, 2026"})
     with caplog.at_level(logging.WARNING, logger="router"):
-        Router(make_config(escalation={"model": "claude-sonnet-4-5"}), tracer_provider=tracer_provider).close()
+        for model in ("claude-opus-4-1", "claude-3-7-sonnet-latest", "claude-sonnet-4-6"):
+            Router(make_config(escalation={"model": model}), tracer_provider=tracer_provider).close()
     assert [r.getMessage() for r in caplog.records] == [
-        "escalation.model 'claude-sonnet-4-5' is deprecated by Anthropic; switch to a current model such as "
-        "claude-sonnet-4-6"
+        "escalation.model 'claude-opus-4-1' is deprecated by Anthropic; switch to a current model such as "
+        "claude-sonnet-4-6",
+        "escalation.model 'claude-3-7-sonnet-latest' is deprecated by Anthropic (end of life: February 19th, 2026); "
+        "switch to a current model such as claude-sonnet-4-6",
     ]
