@@ -52,8 +52,9 @@ def demo(
                 return
             _print_reports(run)
             if keep_serving:
+                metrics_url = demo_run.serve(run)
                 console.print(
-                    f"\n[bold]Collector still serving[/bold]: {run.metrics_url} — Ctrl-C to stop.", highlight=False
+                    f"\n[bold]Collector still serving[/bold]: {metrics_url} — Ctrl-C to stop.", highlight=False
                 )
                 wait_for_interrupt()
     except KeyboardInterrupt:
@@ -192,4 +193,11 @@ def _print_where(run: DemoRun) -> None:
     console.print("\n[bold]Three queries to try[/bold]")
     for title, sql in SQL_TO_TRY:
         console.print(f"  # {title}", style="dim", highlight=False)
-        console.print(f"  costline sql --config {config} {shlex.quote(sql)}", highlight=False, soft_wrap=True)
+        console.print(f"  costline sql --config {config} {_shell_quote(sql)}", highlight=False, soft_wrap=True)
+
+
+def _shell_quote(sql: str) -> str:
+    """SQL's own 'quotes' read better inside "double quotes" when nothing in it is special to the shell."""
+    if "'" in sql and not any(c in sql for c in '"$`\\!'):
+        return f'"{sql}"'
+    return shlex.quote(sql)

@@ -30,6 +30,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -252,17 +253,27 @@ def _ledger_totals(reader: LedgerReader) -> LedgerTotals:
     )
 
 
-def _wait_until_stored(reader: LedgerReader, tasks: int, attempts: int) -> LedgerTotals:
+def _stored_spans(metrics_text: str | None) -> int:
+    if not metrics_text:
+        return 0
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == "costline_ingest_spans":
+            return int(
+                sum(s.value for s in family.samples if s.name.endswith("_total") and s.labels.get("result") == "stored")
+            )
+    return 0
+
+
+def _wait_until_stored(metrics_url: str, spans: int) -> str:
+    """Wait until the collector says it has committed ``spans`` spans; returns its last /metrics text."""
     deadline = time.monotonic() + STORE_TIMEOUT_S
     while True:
-        totals = _ledger_totals(reader)
-        if totals.tasks >= tasks and totals.attempts >= attempts:
-            return totals
+        text = _scrape(metrics_url)
+        stored = _stored_spans(text)
+        if stored >= spans and text is not None:
+            return text
         if time.monotonic() > deadline:
-            raise DemoError(
-                f"after {STORE_TIMEOUT_S:g} s the collector had stored {totals.tasks} of {tasks} task spans and "
-                f"{totals.attempts} of {attempts} attempt spans"
-            )
+            raise DemoError(f"after {STORE_TIMEOUT_S:g} s the collector had stored {stored} of the {spans} spans sent")
         time.sleep(0.1)
 
 
@@ -326,7 +337,7 @@ class Demo:
         run = DemoRun(opts, config, directory, config_path, ollama.url, claude.url, datetime.now(UTC))
 
         if opts.otlp_endpoint is None:
-            from collector import Collector  # the demo is the one place that starts both sides in one process
+            from collector.service import Collector  # the demo is the one place that starts both sides in one process
 
             collector = Collector(config)
             collector.start()
@@ -341,7 +352,6 @@ class Demo:
             )
             run.config = config
             run.metrics_url = _base_url(collector.metrics_url) + "/metrics"
-            run.reader = LedgerReader.from_config(config)
 
         if on_started is not None:
             on_started(run)
@@ -358,11 +368,24 @@ class Demo:
         router.close()
         provider.force_flush()
 
-        if run.reader is not None:
-            run.ledger = _wait_until_stored(run.reader, len(run.results), run.attempts)
-            run.metrics_text = _scrape(run.metrics_url) if run.metrics_url else None
+        if self.collector is not None and run.metrics_url is not None:
+            run.metrics_text = _wait_until_stored(run.metrics_url, len(run.results) + run.attempts)
+            # The reports read the ledger file itself, so the collector lets go of it first.
+            self.collector.stop()
+            run.reader = LedgerReader.from_config(config)
+            run.ledger = _ledger_totals(run.reader)
         _write_summary(run)
         return run
+
+    def serve(self, run: DemoRun) -> str:
+        """Start the collector again on the same ports and ledger (``--keep-serving``); returns its /metrics URL."""
+        from collector.service import Collector
+
+        collector = Collector(run.config)
+        collector.start()
+        self._stack.callback(collector.stop)
+        self.collector = collector
+        return _base_url(collector.metrics_url) + "/metrics"
 
     def _route_all(self, router: Router, tasks: list) -> list[TaskResult]:
         results: list[TaskResult] = []

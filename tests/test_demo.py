@@ -1,0 +1,239 @@
+"""`costline demo` end to end, as a user runs it, then checked against the ledger it leaves behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from costline.demo.fake_anthropic import ClaudeError, ClaudeReply
+from costline.demo.fake_ollama import OllamaError, OllamaHang, OllamaReply, OllamaStreamError
+from costline.demo.profiles import LOCAL_PROFILES
+from costline.demo.run import MARKER, SQL_TO_TRY, DemoError, prepare_directory
+from costline.demo.workload import KINDS, Simulation, make_tasks
+
+COSTLINE = Path(sys.executable).with_name("costline")
+
+
+def run_demo(directory: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COSTLINE_", "ANTHROPIC_", "OTEL_"))}
+    env["COLUMNS"] = "200"
+    return subprocess.run(
+        [str(COSTLINE), "demo", "--dir", str(directory), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+def ledger_rows(path: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.sql(sql).fetchall()
+
+
+def test_demo_ledger_agrees_with_what_was_routed_and_printed(tmp_path):
+    directory = tmp_path / "demo"
+    done = run_demo(directory, "--tasks", "60", "--quota", "3")
+    assert done.returncode == 0, done.stderr + done.stdout
+    out = done.stdout
+    assert "SIMULATED Ollama" in out
+    assert "SIMULATED Claude" in out
+
+    summary = json.loads((directory / "summary.json").read_text())
+    ledger = directory / "costline.duckdb"
+    [(tasks, attempts, cost)] = ledger_rows(
+        ledger,
+        "SELECT (SELECT count(*) FROM tasks), (SELECT count(*) FROM attempts), "
+        "(SELECT coalesce(sum(cost_usd), 0) FROM attempts)",
+    )
+    assert tasks == summary["tasks"] == 60
+    assert attempts == summary["attempts"]
+    # The ledger keeps each attempt's cost to the nano-dollar (DECIMAL(18, 9)); the router sums unrounded prices.
+    assert abs(cost - Decimal(summary["routed_cost_usd"])) <= Decimal("1e-9") * attempts
+    outcomes = dict(ledger_rows(ledger, "SELECT outcome, count(*) FROM tasks GROUP BY outcome"))
+    assert outcomes == summary["outcomes"]
+    assert outcomes.get("quota_exhausted", 0) > 0  # a quota of 3 calls cannot cover 60 tasks' escalations
+    [(escalated,)] = ledger_rows(ledger, "SELECT count(*) FROM tasks WHERE escalated")
+    assert escalated == summary["escalated_tasks"] > 0
+    # Each task the quota stopped has its refused escalation on record (others went on down the local chain).
+    [(refused_tasks, unexplained)] = ledger_rows(
+        ledger,
+        "SELECT (SELECT count(DISTINCT task_id) FROM attempts WHERE error_type = 'quota_exhausted'), "
+        "(SELECT count(*) FROM tasks t WHERE outcome = 'quota_exhausted' AND NOT EXISTS "
+        "(SELECT 1 FROM attempts a WHERE a.task_id = t.task_id AND a.error_type = 'quota_exhausted'))",
+    )
+    assert refused_tasks >= outcomes["quota_exhausted"]
+    assert unexplained == 0
+
+    # Every attempt hangs under its task, and the attempt counts on the task rows add up.
+    [(orphans,)] = ledger_rows(
+        ledger, "SELECT count(*) FROM attempts a ANTI JOIN tasks t ON a.task_id = t.task_id AND a.trace_id = t.trace_id"
+    )
+    assert orphans == 0
+    [(declared,)] = ledger_rows(ledger, "SELECT sum(attempts) FROM tasks")
+    assert declared == attempts
+
+    # The printed figures are the ledger's.
+    assert f"Ledger: {tasks} tasks and {attempts} attempts stored, total cost ${cost:.6f} — matches the router" in out
+    [(local_ok,)] = ledger_rows(ledger, "SELECT count(*) FROM tasks WHERE outcome = 'completed' AND NOT escalated")
+    [(claude_ok,)] = ledger_rows(ledger, "SELECT count(*) FROM tasks WHERE outcome = 'completed' AND escalated")
+    assert (
+        f"Routed {tasks} tasks ({attempts} attempts) in " in out
+        and f"{local_ok} completed locally, {claude_ok} completed on Claude, "
+        f"{outcomes.get('quota_exhausted', 0)} refused by the quota, {outcomes.get('failed', 0)} failed."
+        in out
+    )
+    assert "escalation calls, last hour" in out
+    assert re.search(r"escalation calls, last hour\s+3 / 3\s+0\.0 % headroom", out)
+    assert str(ledger) in out
+    assert re.search(r"metrics\s+http://127\.0\.0\.1:\d+/metrics", out)
+    for _, sql in SQL_TO_TRY:
+        assert ledger_rows(ledger, sql), sql
+    assert out.count("costline sql --config") == 3
+
+    # Every local model and Claude did real work, and local failures of several kinds were recorded.
+    models = dict(ledger_rows(ledger, "SELECT request_model, count(*) FROM attempts GROUP BY ALL"))
+    assert {LOCAL_PROFILES[0].model, LOCAL_PROFILES[1].model, "claude-sonnet-4-6"} <= set(models)
+    assert set(models) <= {p.model for p in LOCAL_PROFILES} | {"claude-sonnet-4-6"}
+    [(error_kinds,)] = ledger_rows(
+        ledger, "SELECT count(DISTINCT error_type) FROM attempts WHERE provider = 'ollama' AND outcome = 'error'"
+    )
+    assert error_kinds >= 2
+
+
+def test_demo_runs_twice_in_a_row_on_a_fresh_ledger(tmp_path):
+    directory = tmp_path / "demo"
+    for _ in range(2):
+        done = run_demo(directory, "--tasks", "15")
+        assert done.returncode == 0, done.stderr + done.stdout
+        [(tasks,)] = ledger_rows(directory / "costline.duckdb", "SELECT count(*) FROM tasks")
+        assert tasks == 15
+
+
+def test_demo_refuses_to_delete_a_directory_it_did_not_create(tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    done = run_demo(precious, "--tasks", "5")
+    assert done.returncode == 1
+    assert "was not created by `costline demo`" in done.stderr
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    with pytest.raises(DemoError):
+        prepare_directory(precious)
+
+
+def test_prepare_directory_recreates_its_own_directory(tmp_path):
+    directory = prepare_directory(tmp_path / "d")
+    (directory / "old.duckdb").write_text("stale")
+    again = prepare_directory(directory)
+    assert sorted(p.name for p in again.iterdir()) == [MARKER]
+
+
+def test_keep_serving_stays_up_until_ctrl_c_and_then_leaves_nothing_running(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COSTLINE_", "ANTHROPIC_", "OTEL_"))}
+    proc = subprocess.Popen(
+        [str(COSTLINE), "demo", "--dir", str(tmp_path / "demo"), "--tasks", "10", "--keep-serving"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    serving = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "Collector still serving" in line:
+                serving.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert serving.wait(120), "".join(lines)
+        url = re.search(r"Collector still serving: (http://127\.0\.0\.1:(\d+)/metrics)", "".join(lines))
+        assert url is not None
+        import urllib.request
+
+        with urllib.request.urlopen(url.group(1), timeout=10) as response:
+            assert "costline_attempts_total" in response.read().decode()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=5)
+    assert "interrupted" in "".join(lines)
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", int(url.group(2)))) != 0  # nothing listens any more
+
+
+# --- the workload and the simulation, without servers ------------------------------------------------------------
+
+
+def test_workload_is_seeded_and_mixed():
+    first, second = make_tasks(300, seed=7), make_tasks(300, seed=7)
+    assert [(t.kind.type, t.input_tokens, t.critical) for t in first] == [
+        (t.kind.type, t.input_tokens, t.critical) for t in second
+    ]
+    kinds = Counter(t.kind.type for t in first)
+    assert set(kinds) == {k.type for k in KINDS}
+    assert sum(t.kind.prefer_escalation for t in first) > 0
+    assert any(t.critical for t in first)
+    assert make_tasks(300, seed=8) != first
+
+
+def test_simulation_decides_per_task_model_and_call_whatever_the_order():
+    tasks = make_tasks(200, seed=3)
+    profile = LOCAL_PROFILES[0]
+
+    def answers(order: list[int]) -> dict[int, object]:
+        answer = Simulation(tasks, seed=3).ollama(profile)
+        return {n: answer({"model": profile.model, "messages": [tasks[n].to_task().conversation()[0]]}) for n in order}
+
+    forward = answers(list(range(200)))
+    assert forward == answers(list(reversed(range(200))))
+    kinds = Counter(type(b).__name__ for b in forward.values())
+    assert kinds["OllamaReply"] > 150
+    assert sum(kinds[k] for k in ("OllamaError", "OllamaStreamError", "OllamaHang")) > 0
+    rejected = [
+        n
+        for n, b in forward.items()
+        if isinstance(b, OllamaReply) and (check := tasks[n].kind.validator) is not None and check(b.content)
+    ]
+    assert rejected  # some answers are ones the task's validator turns down
+    for n, b in forward.items():
+        if isinstance(b, OllamaReply):
+            assert b.prompt_eval_count == tasks[n].input_tokens
+            assert b.eval_duration_s == pytest.approx(b.eval_count / profile.output_tokens_per_s)
+    assert all(not isinstance(b, OllamaHang) or b.seconds > 2 for b in forward.values())
+    assert all(not isinstance(b, OllamaError) or b.status in (500, 503) for b in forward.values())
+    assert all(not isinstance(b, OllamaStreamError) or b.after_chunks == 2 for b in forward.values())
+
+
+def test_simulated_claude_reports_cache_use_and_fails_sometimes():
+    tasks = make_tasks(300, seed=5)
+    simulation = Simulation(tasks, seed=5)
+    replies = [
+        simulation.anthropic({"model": "claude-sonnet-4-6", "messages": t.to_task().conversation()}) for t in tasks
+    ]
+    ok = [r for r in replies if isinstance(r, ClaudeReply)]
+    assert ok[0].cache_creation_input_tokens > 0 and ok[0].cache_read_input_tokens == 0
+    assert any(r.cache_read_input_tokens > 0 for r in ok)
+    errors = {r.status for r in replies if isinstance(r, ClaudeError)}
+    assert errors == {429, 529}
+    assert all(r.retry_after is not None for r in replies if isinstance(r, ClaudeError) and r.status == 429)
