@@ -1,0 +1,160 @@
+"""The compose stack, checked structurally (no Docker engine here): services, mounts, ports, health checks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from costline.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+SERVICES = COMPOSE["services"]
+DEFAULTS = Config()
+LONG_RUNNING = ("ollama", "collector", "prometheus", "grafana")
+
+
+def volumes_of(service: str) -> list[tuple[str, str]]:
+    """(source, target) pairs from the short `source:target[:mode]` syntax."""
+    pairs = []
+    for entry in SERVICES[service].get("volumes", []):
+        source, target = entry.split(":")[:2]
+        pairs.append((source, target))
+    return pairs
+
+
+def bind_mounts() -> list[tuple[str, str, str]]:
+    return [
+        (name, source, target)
+        for name in SERVICES
+        for source, target in volumes_of(name)
+        if source.startswith((".", "/"))
+    ]
+
+
+def published(service: str) -> list[tuple[str, int, int]]:
+    """(host address, host port, container port) for each published port."""
+    result = []
+    for entry in SERVICES[service].get("ports", []):
+        address, host_port, container_port = str(entry).split(":")
+        result.append((address, int(host_port), int(container_port)))
+    return result
+
+
+def mount_target(service: str, repo_path: str) -> str:
+    return next(target for source, target in volumes_of(service) if source == repo_path)
+
+
+def test_the_stack_has_every_service_and_the_demo_is_optional():
+    assert set(SERVICES) == {"ollama", "ollama-pull", "collector", "prometheus", "grafana", "demo"}
+    assert SERVICES["demo"]["profiles"] == ["demo"]
+    assert all("profiles" not in SERVICES[name] for name in LONG_RUNNING)
+
+
+def test_every_bind_mounted_path_exists_in_the_repo():
+    mounts = bind_mounts()
+    assert {source for _, source, _ in mounts} == {
+        "./prometheus/prometheus.yml",
+        "./prometheus/rules",
+        "./grafana/provisioning",
+        "./grafana/dashboards",
+    }
+    missing = [f"{name}: {source}" for name, source, _ in mounts if not (ROOT / source).exists()]
+    assert missing == []
+    assert any((ROOT / "prometheus" / "rules").glob("*.y*ml"))
+    assert any((ROOT / "grafana" / "dashboards").rglob("*.json"))
+
+
+def test_named_volumes_are_declared_and_hold_the_state():
+    declared = set(COMPOSE["volumes"])
+    used = {source for name in SERVICES for source, _ in volumes_of(name) if not source.startswith((".", "/"))}
+    assert used == declared == {"ollama-models", "ledger", "prometheus-data", "grafana-data"}
+    ledger_dir = mount_target("collector", "ledger")
+    assert SERVICES["collector"]["environment"]["COSTLINE_LEDGER"].startswith(ledger_dir + "/")
+
+
+def test_collector_ports_agree_with_the_config_defaults():
+    container_ports = {container for _, _, container in published("collector")}
+    assert container_ports == {DEFAULTS.collector.otlp_port, DEFAULTS.collector.metrics_port} == {4318, 9464}
+    assert all(host == container for _, host, container in published("collector"))
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert re.search(r"^EXPOSE 4318 9464$", dockerfile, re.MULTILINE)
+    assert f":{DEFAULTS.collector.metrics_port}/metrics" in " ".join(SERVICES["collector"]["healthcheck"]["test"])
+    # Ollama's published port is the one the router's default ollama_host points at.
+    assert published("ollama")[0][1] == int(DEFAULTS.router.ollama_host.rsplit(":", 1)[1])
+
+
+def test_ports_are_published_on_loopback_only_and_only_where_needed():
+    assert {name for name in SERVICES if SERVICES[name].get("ports")} == set(LONG_RUNNING)
+    for name in LONG_RUNNING:
+        assert {address for address, _, _ in published(name)} == {"127.0.0.1"}
+
+
+def test_long_running_services_have_health_checks_and_start_in_order():
+    for name in LONG_RUNNING:
+        check = SERVICES[name]["healthcheck"]
+        assert check["test"][0] == "CMD"
+        assert check["interval"] and check["retries"] >= 3
+    assert SERVICES["ollama-pull"]["depends_on"] == {"ollama": {"condition": "service_healthy"}}
+    assert SERVICES["ollama-pull"]["restart"] == "no"
+    assert SERVICES["prometheus"]["depends_on"]["collector"]["condition"] == "service_healthy"
+    assert SERVICES["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    assert SERVICES["demo"]["depends_on"]["collector"]["condition"] == "service_healthy"
+
+
+def test_the_model_pull_covers_the_default_model_chain():
+    models = SERVICES["ollama-pull"]["environment"]["MODELS"]
+    default = re.fullmatch(r"\$\{COSTLINE_PULL_MODELS:-(.*)\}", models).group(1).split()
+    assert tuple(default) == DEFAULTS.router.models
+    assert SERVICES["ollama-pull"]["environment"]["OLLAMA_HOST"] == "http://ollama:11434"
+
+
+def test_collector_and_demo_are_built_from_the_repo_dockerfile():
+    assert SERVICES["collector"]["build"] == "." == SERVICES["demo"]["build"]
+    assert SERVICES["collector"]["command"] == ["serve"]
+    assert SERVICES["demo"]["command"][:3] == ["demo", "--otlp-endpoint", "http://collector:4318"]
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    for source in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.MULTILINE):
+        for path in source.split():
+            assert (ROOT / path).exists(), f"Dockerfile copies {path}, which is not in the repo"
+    assert 'ENTRYPOINT ["costline"]' in dockerfile
+    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    assert {".venv", ".git", "*.duckdb"} <= set(ignored)
+
+
+def test_prometheus_scrapes_the_collector_and_loads_the_mounted_rules():
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job.get("static_configs", [])
+        for target in static.get("targets", [])
+    }
+    assert f"collector:{DEFAULTS.collector.metrics_port}" in targets
+    rules_dir = mount_target("prometheus", "./prometheus/rules")
+    assert config["rule_files"]
+    assert all(pattern.startswith(rules_dir + "/") for pattern in config["rule_files"])
+    assert mount_target("prometheus", "./prometheus/prometheus.yml") == "/etc/prometheus/prometheus.yml"
+
+
+def _provisioning(kind: str) -> list[dict]:
+    files = sorted((ROOT / "grafana" / "provisioning" / kind).glob("*.y*ml"))
+    if not files:
+        pytest.fail(f"no Grafana {kind} provisioning under grafana/provisioning/{kind}/")
+    return [yaml.safe_load(f.read_text(encoding="utf-8")) for f in files]
+
+
+def test_grafana_datasource_points_at_the_prometheus_service():
+    urls = [ds["url"] for doc in _provisioning("datasources") for ds in doc.get("datasources", [])]
+    assert "http://prometheus:9090" in urls
+    assert mount_target("grafana", "./grafana/provisioning") == "/etc/grafana/provisioning"
+
+
+def test_grafana_dashboard_provider_reads_the_mounted_dashboards():
+    paths = [p["options"]["path"] for doc in _provisioning("dashboards") for p in doc.get("providers", [])]
+    target = mount_target("grafana", "./grafana/dashboards")
+    assert paths
+    assert all(path == target or path.startswith(target + "/") for path in paths)
