@@ -1,0 +1,101 @@
+"""`costline usage` (the router's own store) and `costline report` (the ledger) agree on today's escalations.
+
+The real router talks to the simulated Ollama and Anthropic servers, exports its spans with the real OTLP/HTTP
+exporter to a real collector, and records escalations in its usage store; then both commands are asked about today.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from ledger_fixtures import write_config
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from typer.testing import CliRunner
+
+from collector.service import Collector
+from costline.cli import app
+from costline.demo.fake_anthropic import ClaudeReply
+from costline.demo.fake_ollama import OllamaError
+from router import Router, Task
+
+runner = CliRunner()
+PRIMARY, FALLBACK, LAST = "qwen2.5-coder:14b", "qwen3:30b-a3b", "llama3.1:70b"
+
+
+def cli_json(*args: str) -> Any:
+    result = runner.invoke(app, [*args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout, parse_float=Decimal)
+
+
+def test_usage_and_reports_agree_for_today(fake_ollama, fake_anthropic, make_config, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.duckdb"
+    config = make_config(
+        collector={"ledger": str(ledger), "otlp_port": 0, "metrics_port": 0},
+        escalation={"max_calls_per_hour": 3},
+    )
+    fake_anthropic.set_default(
+        "claude-sonnet-4-6", ClaudeReply(input_tokens=900, output_tokens=350, cache_read_input_tokens=1200)
+    )
+    with Collector(config) as collector:
+        provider = TracerProvider(resource=Resource.create({"service.name": "costline-router"}))
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{collector.otlp_url}/v1/traces")))
+        with Router(config, tracer_provider=provider) as router:
+            assert router.run(Task("a local answer")).ok
+            fake_ollama.script(PRIMARY, OllamaError(503))
+            fake_ollama.script(FALLBACK, OllamaError(500))
+            assert router.run(Task("two local failures", type="summarize")).escalated  # threshold
+            fake_ollama.script(PRIMARY, OllamaError(503))
+            assert router.run(Task("critical", type="code_generation")).escalated  # critical
+            assert router.run(Task("asked for Claude", prefer_escalation=True)).escalated  # requested
+            refused = router.run(Task("over the quota", prefer_escalation=True))
+            assert refused.outcome == "quota_exhausted"
+        provider.shutdown()
+        port = int(collector.metrics_url.rsplit(":", 1)[1])
+        cli_config = write_config(
+            tmp_path,
+            ledger,
+            metrics_port=port,
+            extra=f'[escalation]\nmax_calls_per_hour = 3\nbase_url = "{fake_anthropic.url}"\n',
+        )
+        today = datetime.now(UTC).date().isoformat()
+        usage = cli_json("usage", "-c", str(cli_config))
+        escalations = cli_json("report", "escalations", "--from", today, "-c", str(cli_config))
+        by_tier = cli_json("report", "--from", today, "--by", "tier", "-c", str(cli_config))
+    assert usage["usage_db"] == str(tmp_path / "usage.sqlite")
+
+    from_usage = {
+        row["reason"]: (row["calls"], row["succeeded"], row["failed"], row["refused"]) for row in usage["escalations"]
+    }
+    reasons = escalations["tables"]["reasons"]["rows"]
+    from_ledger = {
+        row["reason"]: (row["escalations"], row["successes"], row["errors"], row["refused"]) for row in reasons
+    }
+    assert (
+        from_usage
+        == from_ledger
+        == {
+            "threshold": (1, 1, 0, 0),
+            "critical": (1, 1, 0, 0),
+            "requested": (1, 1, 0, 1),
+        }
+    )
+    usage_cost = {row["reason"]: Decimal(str(row["cost_usd"])) for row in usage["escalations"]}
+    ledger_cost = {row["reason"]: row["cost_usd"] for row in reasons}
+    for reason, cost in ledger_cost.items():
+        assert cost > 0
+        assert cost.quantize(Decimal("0.000001")) == usage_cost[reason].quantize(Decimal("0.000001")), reason
+    escalation_tier = next(row for row in by_tier["tables"]["cost"]["rows"] if row["tier"] == "escalation")
+    assert escalation_tier["cost_usd"].quantize(Decimal("0.01")) == Decimal(str(usage["total"]["cost_usd"])).quantize(
+        Decimal("0.01")
+    )
+    for kind in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+        assert escalation_tier[kind] == usage["total"][kind], kind
+    assert escalation_tier["input_tokens"] == 3 * (900 + 1200)
