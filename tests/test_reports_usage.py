@@ -57,18 +57,14 @@ def test_usage_and_reports_agree_for_today(fake_ollama, fake_anthropic, make_con
             assert router.run(Task("asked for Claude", prefer_escalation=True)).escalated  # requested
             refused = router.run(Task("over the quota", prefer_escalation=True))
             assert refused.outcome == "quota_exhausted"
-        provider.shutdown()
-        port = int(collector.metrics_url.rsplit(":", 1)[1])
-        cli_config = write_config(
-            tmp_path,
-            ledger,
-            metrics_port=port,
-            extra=f'[escalation]\nmax_calls_per_hour = 3\nbase_url = "{fake_anthropic.url}"\n',
-        )
-        today = datetime.now(UTC).date().isoformat()
-        usage = cli_json("usage", "-c", str(cli_config))
-        escalations = cli_json("report", "escalations", "--from", today, "-c", str(cli_config))
-        by_tier = cli_json("report", "--from", today, "--by", "tier", "-c", str(cli_config))
+        provider.shutdown()  # every span acknowledged: durable in the ledger
+    cli_config = write_config(
+        tmp_path, ledger, extra=f'[escalation]\nmax_calls_per_hour = 3\nbase_url = "{fake_anthropic.url}"\n'
+    )
+    today = datetime.now(UTC).date().isoformat()
+    usage = cli_json("usage", "-c", str(cli_config))
+    escalations = cli_json("report", "escalations", "--from", today, "-c", str(cli_config))
+    by_tier = cli_json("report", "--from", today, "--by", "tier", "-c", str(cli_config))
     assert usage["usage_db"] == str(tmp_path / "usage.sqlite")
 
     from_usage = {
