@@ -30,6 +30,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from collector.mapping import MappedRequest, map_spans
 from collector.otlp_decode import DecodeError, decode_json, decode_protobuf
+from collector.query import ReadOnlyViolation, run_read_only
 from collector.writer import BatchWriter, QueueFull, WriteFailed
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ JSON = "application/json"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 MAX_QUERY_BODY = 1024 * 1024
 COMMIT_TIMEOUT_S = 60.0
-READ_ONLY_MESSAGE = "only read-only queries are allowed"
 
 
 class _Server(ThreadingHTTPServer):
@@ -272,8 +272,8 @@ class MetricsHandler(_Handler):
             return
         try:
             table = run_read_only(server.reader, sql, params)
-        except ReadOnlyViolation:
-            self._error(400, READ_ONLY_MESSAGE)
+        except ReadOnlyViolation as exc:
+            self._error(400, str(exc))
             return
         except duckdb.Error as exc:
             self._error(400, str(exc))
@@ -285,19 +285,3 @@ class MetricsHandler(_Handler):
 
     def _error(self, status: int, message: str) -> None:
         self._send(status, json.dumps({"error": message}).encode(), JSON)
-
-
-class ReadOnlyViolation(Exception):
-    pass
-
-
-def run_read_only(reader: Callable[[], duckdb.DuckDBPyConnection], sql: str, params: list[Any]) -> pa.Table:
-    """Run one SELECT statement on its own cursor; anything else raises :class:`ReadOnlyViolation`."""
-    statements = duckdb.extract_statements(sql)
-    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-        raise ReadOnlyViolation
-    con = reader()
-    try:
-        return con.execute(statements[0], params).fetch_arrow_table()
-    finally:
-        con.close()

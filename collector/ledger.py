@@ -69,7 +69,15 @@ def open_ledger(path: str | os.PathLike[str], *, memory_limit: str = DEFAULT_MEM
     if not file.parent.is_dir():
         raise LedgerError(f"ledger directory {file.parent} does not exist; create it or change collector.ledger")
     try:
-        con = duckdb.connect(str(file), config={"memory_limit": memory_limit, "preserve_insertion_order": False})
+        con = duckdb.connect(
+            str(file),
+            config={
+                "memory_limit": memory_limit,
+                "preserve_insertion_order": False,
+                # Queries served to clients run on this database: no reading or writing of other files.
+                "enable_external_access": False,
+            },
+        )
     except duckdb.IOException as exc:
         message = str(exc)
         if "lock" in message.lower():

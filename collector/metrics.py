@@ -89,10 +89,8 @@ class _State:
             buckets = row[17:]
             pm = (provider, model)
             _inc(self.attempts, (provider, model, tier, outcome, error_type), n)
-            if cost:
+            if n > unpriced:  # an unpriced model gets no cost series (NULL is not $0)
                 _inc(self.cost, pm, cost)
-            else:
-                self.cost.setdefault(pm, Decimal(0))
             if unpriced:
                 _inc(self.unpriced, pm, unpriced)
                 _inc(unpriced_seen, pm, unpriced)

@@ -79,7 +79,9 @@ class Collector:
         metrics.reader = self._con.cursor  # type: ignore[attr-defined]
         self._servers = [otlp, metrics]
         for server, name in ((otlp, "otlp"), (metrics, "metrics")):
-            thread = threading.Thread(target=server.serve_forever, name=f"costline-{name}-http", daemon=True)
+            thread = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"costline-{name}-http", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
         self._started = True

@@ -1,0 +1,490 @@
+"""The real OTel SDK and OTLP/HTTP exporter → the collector → the DuckDB ledger and /metrics, asserted exactly."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from promtools import binary
+from test_collector_support import (
+    LOCAL,
+    NOW,
+    SONNET_45,
+    attempt,
+    collector_config,
+    otel,
+    rows,
+    sample,
+    samples,
+    scrape,
+    task,
+)
+
+from collector.service import Collector
+from costline import spans as S
+
+RECENT = (NOW - timedelta(minutes=10)).replace(microsecond=0)
+
+
+def _two_tasks(tracer: trace.Tracer) -> None:
+    """Task 1: two local failures, then an escalation. Task 2: a local success."""
+    with task(tracer, start=RECENT, task_id="t1", escalated=True, attempts=3):
+        attempt(
+            tracer,
+            start=RECENT,
+            provider="ollama",
+            model=LOCAL,
+            tier="primary",
+            index=0,
+            task_id="t1",
+            error_type="timeout",
+            input_tokens=0,
+            output_tokens=0,
+            seconds=0.5,
+        )
+        attempt(
+            tracer,
+            start=RECENT + timedelta(seconds=1),
+            provider="ollama",
+            model=LOCAL,
+            tier="fallback",
+            index=1,
+            task_id="t1",
+            error_type="invalid_output",
+            seconds=0.03,
+        )
+        attempt(
+            tracer,
+            start=RECENT + timedelta(seconds=2),
+            index=2,
+            task_id="t1",
+            reason="threshold",
+            cache_read=200,
+            cache_write=100,
+            seconds=1.5,
+        )
+    with task(tracer, start=RECENT + timedelta(seconds=10), task_id="t2"):
+        attempt(
+            tracer,
+            start=RECENT + timedelta(seconds=10),
+            provider="ollama",
+            model=LOCAL,
+            tier="primary",
+            index=0,
+            task_id="t2",
+            seconds=2.0,
+        )
+
+
+def test_router_spans_land_in_the_ledger_and_metrics_exactly(tmp_path: Path) -> None:
+    with Collector(collector_config(tmp_path / "ledger.duckdb")) as collector:
+        with otel(collector) as (tracer, provider):
+            _two_tasks(tracer)
+            assert provider.force_flush()
+        got = rows(
+            collector,
+            "SELECT task_id, attempt_index, tier, provider, operation, request_model, response_model, outcome, "
+            "error_type, escalation_reason, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
+            "cost_usd, counterfactual_usd, price_source, duration_s, server_port, service_name, length(trace_id), "
+            "length(span_id), parent_span_id IS NOT NULL FROM attempts ORDER BY task_id, attempt_index",
+        )
+        values = samples(scrape(collector))
+        tasks = rows(
+            collector,
+            "SELECT task_id, task_type, critical, outcome, escalated, attempts, duration_s FROM tasks ORDER BY task_id",
+        )
+
+    common = ("costline-router", 32, 16, True)
+    assert got == [
+        (
+            "t1",
+            0,
+            "primary",
+            "ollama",
+            "chat",
+            LOCAL,
+            LOCAL,
+            "error",
+            "timeout",
+            None,
+            0,
+            0,
+            0,
+            0,
+            Decimal(0),
+            None,
+            "local-free",
+            0.5,
+            11434,
+            *common,
+        ),
+        (
+            "t1",
+            1,
+            "fallback",
+            "ollama",
+            "chat",
+            LOCAL,
+            LOCAL,
+            "error",
+            "invalid_output",
+            None,
+            1000,
+            500,
+            0,
+            0,
+            Decimal(0),
+            None,
+            "local-free",
+            0.03,
+            11434,
+            *common,
+        ),
+        (
+            "t1",
+            2,
+            "escalation",
+            "anthropic",
+            "chat",
+            SONNET_45,
+            SONNET_45,
+            "success",
+            None,
+            "threshold",
+            1000,
+            500,
+            200,
+            100,
+            Decimal("0.010035"),
+            None,
+            "genai-prices",
+            1.5,
+            443,
+            *common,
+        ),
+        (
+            "t2",
+            0,
+            "primary",
+            "ollama",
+            "chat",
+            LOCAL,
+            LOCAL,
+            "success",
+            None,
+            None,
+            1000,
+            500,
+            0,
+            0,
+            Decimal(0),
+            Decimal("0.0105"),
+            "local-free",
+            2.0,
+            11434,
+            *common,
+        ),
+    ]
+    assert tasks == [
+        ("t1", "general", False, "completed", True, 3, 5.0),
+        ("t2", "general", False, "completed", False, 1, 5.0),
+    ]
+
+    def m(name: str, **labels: str) -> float | None:
+        return sample(values, name, **labels)
+
+    local, claude = {"provider": "ollama", "model": LOCAL}, {"provider": "anthropic", "model": SONNET_45}
+    assert m("costline_attempts_total", **local, tier="primary", outcome="error", error_type="timeout") == 1
+    assert m("costline_attempts_total", **local, tier="fallback", outcome="error", error_type="invalid_output") == 1
+    assert m("costline_attempts_total", **local, tier="primary", outcome="success", error_type="") == 1
+    assert m("costline_attempts_total", **claude, tier="escalation", outcome="success", error_type="") == 1
+    assert m("costline_cost_usd_total", **claude) == 0.010035
+    assert m("costline_cost_usd_total", **local) == 0
+    assert m("costline_counterfactual_usd_total", model=LOCAL) == 0.0105
+    assert m("costline_escalations_total", reason="threshold", model=SONNET_45) == 1
+    assert m("costline_tasks_total", task_type="general", outcome="completed", escalated="true") == 1
+    assert m("costline_tasks_total", task_type="general", outcome="completed", escalated="false") == 1
+    assert m("costline_tokens_total", **claude, type="input") == 1000
+    assert m("costline_tokens_total", **claude, type="output") == 500
+    assert m("costline_tokens_total", **claude, type="cache_read") == 200
+    assert m("costline_tokens_total", **claude, type="cache_write") == 100
+    assert m("costline_tokens_total", **local, type="input") == 2000
+    assert m("costline_attempt_duration_seconds_count", **claude) == 1
+    assert m("costline_attempt_duration_seconds_sum", **claude) == 1.5
+    assert m("costline_attempt_duration_seconds_bucket", **claude, le="1.28") == 0
+    assert m("costline_attempt_duration_seconds_bucket", **claude, le="2.56") == 1
+    assert m("costline_attempt_duration_seconds_bucket", **local, le="0.04") == 1
+    assert m("costline_attempt_duration_seconds_bucket", **local, le="0.64") == 2
+    assert m("costline_attempt_duration_seconds_bucket", **local, le="+Inf") == 3
+    assert m("costline_ingest_spans_total", result="stored") == 6
+    assert m("costline_ingest_spans_total", result="duplicate") == 0
+    assert m("costline_ingest_spans_total", result="rejected") == 0
+    assert not any(name.endswith("_created") for name, _ in values)
+    families = {name.removesuffix("_total").rsplit("_bucket", 1)[0] for name, _ in values}
+    assert all(name.startswith("costline_") for name in families)
+
+
+def _captured_spans(tmp_path: Path) -> list:  # type: ignore[type-arg]
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "costline-router"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    _two_tasks(provider.get_tracer("t"))
+    provider.shutdown()
+    return list(memory.get_finished_spans())
+
+
+def test_the_same_batch_exported_twice_is_stored_once(tmp_path: Path) -> None:
+    spans = _captured_spans(tmp_path)
+    with Collector(collector_config(tmp_path / "ledger.duckdb")) as collector:
+        exporter = OTLPSpanExporter(endpoint=f"{collector.otlp_url}/v1/traces", timeout=10)
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        first = samples(scrape(collector))
+        assert exporter.export(spans) is SpanExportResult.SUCCESS  # what an exporter retry does
+        assert exporter.export(spans[:2] + spans[:2]) is SpanExportResult.SUCCESS  # repeats inside one batch too
+        exporter.shutdown()
+        again = samples(scrape(collector))
+        counts = rows(
+            collector,
+            "SELECT (SELECT count(*) FROM attempts), (SELECT count(*) FROM tasks), "
+            "(SELECT count(DISTINCT span_id) FROM attempts)",
+        )
+    assert counts == [(4, 2, 4)]
+    assert sample(again, "costline_ingest_spans_total", result="stored") == 6
+    assert sample(again, "costline_ingest_spans_total", result="duplicate") == 10
+    for key, value in first.items():
+        if key[0] != "costline_ingest_spans_total":
+            assert again[key] == value, key
+
+
+def test_a_restart_continues_every_counter_from_the_ledger(tmp_path: Path) -> None:
+    config = collector_config(tmp_path / "ledger.duckdb")
+    spans = _captured_spans(tmp_path)
+    with Collector(config) as collector:
+        exporter = OTLPSpanExporter(endpoint=f"{collector.otlp_url}/v1/traces", timeout=10)
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        assert exporter.export(spans[:1]) is SpanExportResult.SUCCESS  # one duplicate
+        before = samples(scrape(collector))
+    with Collector(config) as collector:
+        after = samples(scrape(collector))
+        with otel(collector) as (tracer, provider):
+            with task(tracer, start=RECENT, task_id="t3"):
+                attempt(tracer, start=RECENT, task_id="t3", reason="requested")
+            assert provider.force_flush()
+        later = samples(scrape(collector))
+    assert after == before
+    claude = {"provider": "anthropic", "model": SONNET_45}
+    assert sample(before, "costline_ingest_spans_total", result="duplicate") == 1
+    assert sample(later, "costline_cost_usd_total", **claude) == 0.010035 + 0.0105
+    assert sample(later, "costline_ingest_spans_total", result="stored") == 8
+    assert sample(later, "costline_escalations_total", reason="requested", model=SONNET_45) == 1
+    assert sample(later, "costline_escalations_total", reason="threshold", model=SONNET_45) == 1
+
+
+def test_other_emitters_are_accounted_through_their_aliases(tmp_path: Path) -> None:
+    start = RECENT
+    with Collector(collector_config(tmp_path / "ledger.duckdb")) as collector:
+        with otel(collector, service="someone-elses-app") as (tracer, provider):
+            with tracer.start_as_current_span("POST /summarise", kind=SpanKind.SERVER):  # not GenAI: ignored
+                openllmetry = tracer.start_span(
+                    "anthropic.chat",
+                    kind=SpanKind.CLIENT,
+                    attributes={
+                        S.ALIAS_SYSTEM: "anthropic",
+                        S.REQUEST_MODEL: "claude-haiku-4-5",
+                        S.ALIAS_PROMPT_TOKENS: 2000,
+                        S.ALIAS_COMPLETION_TOKENS: 100,
+                        S.ALIAS_COST_OPENLIT: 0.0031,
+                    },
+                    start_time=int(start.timestamp() * 1e9),
+                )
+                openllmetry.end(end_time=int(start.timestamp() * 1e9) + 800_000_000)
+                logfire = tracer.start_span(
+                    "Message with 'claude-sonnet-4-5'",
+                    attributes={
+                        S.ALIAS_SYSTEM: "anthropic",
+                        S.REQUEST_MODEL: SONNET_45,
+                        S.USAGE_INPUT_TOKENS: 1000,
+                        S.USAGE_OUTPUT_TOKENS: 500,
+                        S.USAGE_CACHE_READ_INPUT_TOKENS: 200,
+                        S.ALIAS_CACHE_WRITE_INPUT_TOKENS: 100,
+                        S.ALIAS_COST_LOGFIRE: "0.02",
+                    },
+                    start_time=int(start.timestamp() * 1e9),
+                )
+                logfire.end(end_time=int(start.timestamp() * 1e9) + 900_000_000)
+                agent = tracer.start_span("invoke_agent helper", attributes={S.OPERATION_NAME: "invoke_agent"})
+                agent.end()
+            assert provider.force_flush()
+        got = rows(
+            collector,
+            "SELECT provider, request_model, tier, task_id, input_tokens, output_tokens, cache_read_tokens, "
+            "cache_write_tokens, cost_usd, reported_cost_usd, service_name FROM attempts ORDER BY request_model",
+        )
+        values = samples(scrape(collector))
+    assert got == [
+        (
+            "anthropic",
+            "claude-haiku-4-5",
+            None,
+            None,
+            2000,
+            100,
+            None,
+            None,
+            Decimal("0.0025"),
+            Decimal("0.0031"),
+            "someone-elses-app",
+        ),
+        (
+            "anthropic",
+            SONNET_45,
+            None,
+            None,
+            1000,
+            500,
+            200,
+            100,
+            Decimal("0.010035"),
+            Decimal("0.02"),
+            "someone-elses-app",
+        ),
+    ]
+    haiku = {"provider": "anthropic", "model": "claude-haiku-4-5"}
+    assert sample(values, "costline_attempts_total", **haiku, tier="", outcome="success", error_type="") == 1
+    assert sample(values, "costline_cost_usd_total", **haiku) == 0.0025
+    assert sample(values, "costline_ingest_spans_total", result="stored") == 2
+
+
+def _sdk_attributes(model: str = SONNET_45) -> dict[str, object]:
+    return {
+        S.ALIAS_SYSTEM: "anthropic",
+        S.OPERATION_NAME: "chat",
+        S.REQUEST_MODEL: model,
+        S.USAGE_INPUT_TOKENS: 1000,
+        S.USAGE_OUTPUT_TOKENS: 500,
+    }
+
+
+def test_a_nested_sdk_span_counts_its_model_call_once(tmp_path: Path) -> None:
+    with Collector(collector_config(tmp_path / "ledger.duckdb")) as collector:
+        with otel(collector) as (tracer, provider):
+            # 1. An SDK span inside the router's attempt span, exported together: the attempt span is kept.
+            with task(tracer, start=RECENT, task_id="t1"):
+                outer = tracer.start_span(
+                    S.attempt_span_name(SONNET_45),
+                    kind=SpanKind.CLIENT,
+                    attributes={
+                        **_sdk_attributes(),
+                        S.PROVIDER_NAME: "anthropic",
+                        S.ATTEMPT_TIER: "escalation",
+                        S.TASK_ID: "t1",
+                        S.ATTEMPT_INDEX: 0,
+                    },
+                )
+                with trace.use_span(outer, end_on_exit=True):
+                    tracer.start_span("anthropic.chat", kind=SpanKind.CLIENT, attributes=_sdk_attributes()).end()
+            # 2. An SDK span whose parent is not a GenAI span counts.
+            with tracer.start_as_current_span("handle request"):
+                tracer.start_span("anthropic.chat", kind=SpanKind.CLIENT, attributes=_sdk_attributes()).end()
+            assert provider.force_flush()
+            # 3. The inner span exported in an earlier request than its outer span: still one row.
+            late_outer = tracer.start_span("chat outer", kind=SpanKind.CLIENT, attributes=_sdk_attributes())
+            with trace.use_span(late_outer, end_on_exit=False):
+                tracer.start_span("anthropic.chat", kind=SpanKind.CLIENT, attributes=_sdk_attributes()).end()
+            assert provider.force_flush()
+            late_outer.end()
+            assert provider.force_flush()
+        got = rows(collector, "SELECT tier, task_id FROM attempts ORDER BY tier NULLS LAST")
+        values = samples(scrape(collector))
+    assert got == [("escalation", "t1"), (None, None), (None, None)]
+    assert sample(values, "costline_tokens_total", provider="anthropic", model=SONNET_45, type="input") == 3000
+    assert sample(values, "costline_ingest_spans_total", result="stored") == 4  # three calls and one task
+    assert sample(values, "costline_ingest_spans_total", result="duplicate") == 2  # the two repeated accounts
+
+
+def test_headroom_gauges_are_computed_from_the_ledger_at_scrape_time(tmp_path: Path) -> None:
+    noon = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
+    config = collector_config(
+        tmp_path / "ledger.duckdb", escalation={"max_calls_per_hour": 4}, budgets={"daily_usd": 1.0, "monthly_usd": 0}
+    )
+    with Collector(config) as collector:
+        collector.metrics.clock = lambda: noon
+        with otel(collector) as (tracer, provider):
+            attempt(tracer, start=noon - timedelta(minutes=30), reason="threshold")  # in the hour, today
+            attempt(
+                tracer,
+                start=noon - timedelta(minutes=15),
+                reason="critical",
+                error_type="quota_exhausted",
+                input_tokens=0,
+                output_tokens=0,
+            )  # refused: takes no slot, costs nothing
+            attempt(tracer, start=noon - timedelta(minutes=90), reason="threshold")  # today, out of the hour
+            attempt(tracer, start=datetime(2026, 6, 1, 8, tzinfo=UTC), reason="threshold")  # this month
+            attempt(tracer, start=datetime(2026, 5, 31, 23, tzinfo=UTC), reason="threshold")  # last month
+            attempt(tracer, start=noon - timedelta(minutes=5), provider="ollama", model=LOCAL, tier="primary")
+            assert provider.force_flush()
+        at_noon = samples(scrape(collector))
+        collector.metrics.clock = lambda: noon + timedelta(hours=12, minutes=30)  # next day, no new spans
+        next_day = samples(scrape(collector))
+
+    quota = {"quota": "escalations_per_hour"}
+    assert sample(at_noon, "costline_quota_limit", **quota) == 4
+    assert sample(at_noon, "costline_quota_used", **quota) == 1
+    assert sample(at_noon, "costline_quota_headroom_ratio", **quota) == 0.75
+    assert sample(at_noon, "costline_budget_limit_usd", period="daily") == 1.0
+    assert (
+        sample(at_noon, "costline_budget_spent_usd", period="daily") == 0.021
+    )  # two calls of 1000 in + 500 out at $3/$15 per million
+    assert sample(at_noon, "costline_budget_headroom_ratio", period="daily") == 1.0 - 0.021
+    assert sample(at_noon, "costline_budget_limit_usd", period="monthly") is None  # a 0 budget has no series
+    assert sample(at_noon, "costline_escalations_total", reason="threshold", model=SONNET_45) == 4
+    assert sample(at_noon, "costline_escalations_total", reason="critical", model=SONNET_45) is None
+    assert sample(next_day, "costline_quota_used", **quota) == 0
+    assert sample(next_day, "costline_quota_headroom_ratio", **quota) == 1.0
+    assert sample(next_day, "costline_budget_spent_usd", period="daily") == 0
+    assert sample(next_day, "costline_budget_headroom_ratio", period="daily") == 1.0
+
+
+def test_an_unpriced_model_is_null_not_zero_and_is_reported(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.WARNING, logger="costline.collector")
+    with Collector(collector_config(tmp_path / "ledger.duckdb")) as collector:
+        with otel(collector) as (tracer, provider):
+            attempt(tracer, start=RECENT, model="claude-imaginary-9")
+            attempt(tracer, start=RECENT, model="claude-imaginary-9")
+            assert provider.force_flush()
+        got = rows(collector, "SELECT cost_usd, price_source FROM attempts")
+        values = samples(scrape(collector))
+    assert got == [(None, "unpriced"), (None, "unpriced")]
+    imaginary = {"provider": "anthropic", "model": "claude-imaginary-9"}
+    assert sample(values, "costline_unpriced_attempts_total", **imaginary) == 2
+    assert sample(values, "costline_cost_usd_total", **imaginary) is None
+    warnings = [r.getMessage() for r in caplog.records if "could not be priced" in r.getMessage()]
+    assert warnings == [
+        "2 attempt(s) of provider=anthropic model=claude-imaginary-9 could not be priced and were stored with a NULL "
+        'cost; add [prices."claude-imaginary-9"] to the config to price them'
+    ]
+
+
+def test_promtool_accepts_the_metrics_page(tmp_path: Path) -> None:
+    with Collector(collector_config(tmp_path / "ledger.duckdb")) as collector:
+        with otel(collector) as (tracer, provider):
+            _two_tasks(tracer)
+            attempt(tracer, start=RECENT, model="claude-imaginary-9")
+            assert provider.force_flush()
+        page = scrape(collector)
+    result = subprocess.run(
+        [binary("promtool"), "check", "metrics"], input=page, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == ""
