@@ -296,3 +296,19 @@ def test_content_is_recorded_only_when_opted_in(fake_ollama, make_config, tracer
     assert '"content": "the question"' in span.attributes[attr.INPUT_MESSAGES]
     assert '"content": "the answer"' in span.attributes[attr.OUTPUT_MESSAGES]
     assert '"content": "sys"' in span.attributes[attr.SYSTEM_INSTRUCTIONS]
+
+
+def test_run_from_several_threads_at_once(fake_ollama, fake_anthropic, make_config, tracer_provider, spans):
+    from concurrent.futures import ThreadPoolExecutor
+
+    fake_ollama.set_default(
+        PRIMARY, lambda body: OllamaError(500) if "fail" in str(body["messages"]) else OllamaReply()
+    )
+    fake_ollama.set_default(FALLBACK, OllamaError(500))
+    with Router(make_config(), tracer_provider=tracer_provider) as router, ThreadPoolExecutor(8) as pool:
+        tasks = [Task("fail" if i % 2 else "pass") for i in range(16)]
+        results = list(pool.map(router.run, tasks))
+    assert all(r.ok for r in results)
+    assert [r.escalated for r in results] == [bool(i % 2) for i in range(16)]
+    assert len(spans.attempts()) == 8 * 1 + 8 * 3
+    assert {r.task_id for r in results} == {t.id for t in tasks}

@@ -7,6 +7,7 @@ OpenTelemetry spans are off, so one call is never counted twice). The API key co
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ class AnthropicProvider:
         self.max_tokens = max_tokens
         self.endpoint = Endpoint.from_url(self.base_url)
         self._client: anthropic.Anthropic | None = None
+        self._lock = threading.Lock()  # run() may be called from several threads
         self._async_client: anthropic.AsyncAnthropic | None = None
 
     def credentials_problem(self) -> ProviderFailure | None:
@@ -52,10 +54,12 @@ class AnthropicProvider:
     def chat(self, model: str, system: str | None, messages: Sequence[Mapping[str, Any]]) -> Reply:
         try:
             options = self._options()
-            if self._client is None or self._client.api_key != options["api_key"]:
-                self.close()  # first call, or the key in the environment changed
-                self._client = anthropic.Anthropic(**options)
-            message = self._client.messages.create(**self._request(model, system, messages))
+            with self._lock:
+                if self._client is None or self._client.api_key != options["api_key"]:
+                    self.close()  # first call, or the key in the environment changed
+                    self._client = anthropic.Anthropic(**options)
+                client = self._client
+            message = client.messages.create(**self._request(model, system, messages))
         except Exception as exc:
             raise classify_anthropic(exc) from exc
         return _reply(message)

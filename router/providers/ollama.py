@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,15 +25,18 @@ class OllamaProvider:
         self.endpoint = Endpoint.from_url(host)
         # Clients are made on first use. They have no timeout by default: a hung server would block forever.
         self._client: ollama.Client | None = None
+        self._lock = threading.Lock()  # run() may be called from several threads
         self._async_client: ollama.AsyncClient | None = None
 
     def chat(self, model: str, messages: Sequence[Mapping[str, Any]]) -> Reply:
-        if self._client is None:
-            self._client = ollama.Client(host=self.host, timeout=self.timeout_s)
+        with self._lock:
+            if self._client is None:
+                self._client = ollama.Client(host=self.host, timeout=self.timeout_s)
+            client = self._client
         deadline = time.monotonic() + self.timeout_s
         try:
             collector = _StreamCollector(model, self.host, deadline)
-            for chunk in self._client.chat(model=model, messages=messages, stream=True):
+            for chunk in client.chat(model=model, messages=messages, stream=True):
                 collector.add(chunk)
             return collector.reply()
         except Exception as exc:
