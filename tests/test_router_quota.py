@@ -6,6 +6,8 @@ import multiprocessing
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import StatusCode
 
@@ -179,3 +181,24 @@ def test_usage_today_groups_calls_by_reason(tmp_path):
     assert by_reason["threshold"].cost_usd == Decimal("0.010035")
     assert by_reason["threshold"].cache_read_tokens == 200
     assert (by_reason["critical"].calls, by_reason["critical"].failed, by_reason["critical"].refused) == (2 - 1, 1, 1)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    limit=st.integers(min_value=0, max_value=4),
+    gaps=st.lists(st.integers(min_value=0, max_value=40 * 60), min_size=1, max_size=25),
+)
+def test_no_rolling_hour_ever_holds_more_calls_than_the_quota(tmp_path_factory, limit, gaps):
+    clock = Clock(datetime(2026, 3, 10, 0, 0, tzinfo=UTC))
+    store = _store(tmp_path_factory.mktemp("q"), clock, calls=limit)
+    admitted: list[datetime] = []
+    for gap in gaps:
+        clock.now += timedelta(seconds=gap)
+        in_window = [t for t in admitted if t > clock.now - timedelta(hours=1)]
+        outcome = store.reserve("t", "threshold", "m")
+        # Admitted exactly when the window has room: never more, and never a needless refusal.
+        assert isinstance(outcome, Reservation) == (len(in_window) < limit)
+        if isinstance(outcome, Reservation):
+            admitted.append(clock.now)
+        else:
+            assert outcome.error_type == "quota_exhausted"
