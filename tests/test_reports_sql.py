@@ -202,3 +202,31 @@ def test_locked_ledger_without_a_collector_says_so(config: Path, ledger: Path, l
     report = runner.invoke(app, ["report", "-c", str(config)])
     assert report.exit_code == 1
     assert squash("is locked by another process") in squash(report.stderr)
+
+
+def test_json_and_csv_carry_any_duckdb_type(config: Path) -> None:
+    query = (
+        "SELECT INTERVAL 90 MINUTE AS i, INTERVAL 1 MONTH + INTERVAL 2 DAY AS j, '\\x01\\xff'::BLOB AS b, "
+        "[1, 2] AS l, {'k': 1.5} AS s, "
+        "'6f1e9a8e-4a2b-4c55-9a1d-0d4c3f0e9b7a'::UUID AS u, TIME '12:30:00' AS t, 'NaN'::DOUBLE AS n"
+    )
+    result = sql(config, query, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [
+        {
+            "i": "PT5400S",
+            "j": "P1M2D",
+            "b": "01ff",
+            "l": [1, 2],
+            "s": {"k": 1.5},
+            "u": "6f1e9a8e-4a2b-4c55-9a1d-0d4c3f0e9b7a",
+            "t": "12:30:00",
+            "n": None,
+        }
+    ]
+    as_csv = sql(config, query, "--format", "csv")
+    assert as_csv.exit_code == 0, as_csv.output
+    assert as_csv.stdout.splitlines()[0] == "i,j,b,l,s,u,t,n"
+    assert as_csv.stdout.splitlines()[1] == (
+        'PT5400S,P1M2D,01ff,"[1, 2]","{""k"": 1.5}",6f1e9a8e-4a2b-4c55-9a1d-0d4c3f0e9b7a,12:30:00,nan'
+    )

@@ -15,6 +15,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
+import pyarrow as pa
 import typer
 from rich import box
 from rich.console import Console
@@ -144,18 +145,37 @@ def _write(text: str) -> None:
 # ---- plain values (CSV, JSON): full precision -------------------------------------------------------------------
 
 
+def interval_text(value: Any) -> str | None:
+    """An Arrow month-day-nano interval as ISO 8601 (P1M2DT5400S), or None when ``value`` is not one."""
+    if not isinstance(value, pa.MonthDayNano):
+        return None
+    seconds = Decimal(value.nanoseconds) / 1_000_000_000
+    text = "P" + (f"{value.months}M" if value.months else "") + (f"{value.days}D" if value.days else "")
+    if seconds or text == "P":
+        text += f"T{format(seconds.normalize(), 'f')}S"
+    return text
+
+
 def plain_text(value: Any) -> str:
     if value is None:
         return ""
+    if (interval := interval_text(value)) is not None:
+        return interval
     if isinstance(value, Decimal):
         return format(value, "f")
     if isinstance(value, date | datetime):
         return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list | tuple | dict):
+        return to_json(value)
     return str(value)
 
 
 def to_json(value: Any) -> str:
     """JSON where decimals are written as exact numbers (parse them with ``parse_float=Decimal``)."""
+    if (interval := interval_text(value)) is not None:
+        return json.dumps(interval)
     if isinstance(value, dict):
         return "{" + ", ".join(f"{json.dumps(str(k))}: {to_json(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list | tuple):
@@ -166,7 +186,11 @@ def to_json(value: Any) -> str:
         return json.dumps(value.isoformat())
     if isinstance(value, float) and value != value:  # NaN is not JSON
         return "null"
-    return json.dumps(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return json.dumps(value)
+    if isinstance(value, bytes):
+        return json.dumps(value.hex())
+    return json.dumps(str(value))  # intervals, times, UUIDs: their usual text
 
 
 def _ordered(row: dict[str, Any], table: ReportTable) -> dict[str, Any]:
