@@ -237,3 +237,27 @@ def test_simulated_claude_reports_cache_use_and_fails_sometimes():
     errors = {r.status for r in replies if isinstance(r, ClaudeError)}
     assert errors == {429, 529}
     assert all(r.retry_after is not None for r in replies if isinstance(r, ClaudeError) and r.status == 429)
+
+
+def test_demo_can_feed_an_already_running_collector(tmp_path):
+    """The compose `demo` service: spans go to the stack's collector, whose ledger then holds every one."""
+    from collector.service import Collector
+    from costline.config import load_config, with_overrides
+
+    config = with_overrides(
+        load_config(env={}),
+        collector={"ledger": str(tmp_path / "stack.duckdb"), "otlp_port": 0, "metrics_port": 0},
+    )
+    collector = Collector(config).start()
+    try:
+        done = run_demo(tmp_path / "demo", "--tasks", "20", "--otlp-endpoint", collector.otlp_url)
+    finally:
+        collector.stop()
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert f"Spans sent to {collector.otlp_url}" in done.stdout
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert not (tmp_path / "demo" / "costline.duckdb").exists()
+    [(tasks, attempts)] = ledger_rows(
+        tmp_path / "stack.duckdb", "SELECT (SELECT count(*) FROM tasks), (SELECT count(*) FROM attempts)"
+    )
+    assert (tasks, attempts) == (summary["tasks"], summary["attempts"]) == (20, summary["attempts"])

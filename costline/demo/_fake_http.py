@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -59,6 +60,12 @@ class BehaviourScripts(Generic[B]):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # stop() must not wait for a handler that is simulating a hang
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away (a timeout, Ctrl-C) is business as usual for a simulated backend.
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
 
 
 class Exchange(BaseHTTPRequestHandler):

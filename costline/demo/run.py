@@ -393,7 +393,7 @@ class Demo:
         progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]routing[/bold]"),
-            BarColumn(),
+            BarColumn(bar_width=24),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("{task.fields[stats]}"),
@@ -426,7 +426,7 @@ def _bucket(result: TaskResult) -> str:
 def _stats(counts: Counter[str]) -> str:
     return (
         f"[green]{counts['local']} local[/green] · [cyan]{counts['claude']} Claude[/cyan] · "
-        f"[yellow]{counts['quota_exhausted']} over quota[/yellow] · [red]{counts['failed']} failed[/red]"
+        f"[yellow]{counts['quota_exhausted']} quota[/yellow] · [red]{counts['failed']} failed[/red]"
     )
 
 
