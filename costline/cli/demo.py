@@ -29,7 +29,7 @@ def demo(
         Path, typer.Option("--dir", help="Demo directory (ledger, config, usage db); deleted and recreated each run.")
     ] = Path("costline-demo"),
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Tasks routed at once.")] = 16,
-    seed: Annotated[int, typer.Option("--seed", help="Workload and failure draws; same seed, same run.")] = 7,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the workload and the simulated answers.")] = 7,
     quota: Annotated[
         int | None, typer.Option("--quota", min=0, help="Escalation calls per hour (default: 10 % of the tasks).")
     ] = None,
@@ -76,7 +76,7 @@ def _print_banner(run: DemoRun) -> None:
         lines.append("collector         ", style="bold")
         lines.append(f"OTLP {run.config.telemetry.otlp_endpoint}  metrics {run.metrics_url}\n")
         lines.append("ledger            ", style="bold")
-        lines.append(f"{run.ledger_path} (fresh)\n")
+        lines.append(f"{_shown(run.ledger_path)} (fresh)\n")
     else:
         lines.append("spans to          ", style="bold")
         lines.append(f"{run.config.telemetry.otlp_endpoint}\n")
@@ -183,11 +183,19 @@ def _headroom_gauges(metrics_text: str | None) -> list[str]:
     return shown
 
 
+def _shown(path: Path) -> str:
+    """Relative to the working directory when inside it: shorter, and what the user would type."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _print_where(run: DemoRun) -> None:
-    config = shlex.quote(str(run.config_path))
+    ledger, config = shlex.quote(_shown(run.ledger_path)), shlex.quote(_shown(run.config_path))
     console.print("[bold]Where things are[/bold]")
-    console.print(f"  ledger   {run.ledger_path}   (open it with `duckdb {shlex.quote(str(run.ledger_path))}`)")
-    console.print(f"  config   {run.config_path}   (costline report --config {config} --by model)")
+    console.print(f"  ledger   {ledger}   (open it with `duckdb {ledger}`)", highlight=False)
+    console.print(f"  config   {config}   (costline report --config {config} --by model)", highlight=False)
     serving = "serving until Ctrl-C" if run.options.keep_serving else "stopped now; --keep-serving keeps it up"
     console.print(f"  metrics  {run.metrics_url}   ({serving})", highlight=False)
     console.print("\n[bold]Three queries to try[/bold]")
