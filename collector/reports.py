@@ -344,6 +344,7 @@ GROUP BY provider, model ORDER BY savings_usd DESC, provider, model""",
     summary_columns = [
         _col("local_successes", "count", "local successes"),
         _col("counterfactual_usd", "usd", f"their cost on {escalation_model}"),
+        _col("uncounted_local_successes", "count", "no counterfactual"),
         _col("cloud_spend_usd", "usd", "cloud spend"),
         _col("local_spend_usd", "usd", "local compute"),
         _col("actual_spend_usd", "usd", "actual spend"),

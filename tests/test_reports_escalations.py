@@ -130,8 +130,8 @@ def test_savings_table_names_the_escalation_model_and_rounds_to_the_cent(tmp_pat
     assert result.exit_code == 0, result.output
     assert "their cost on claude-opus-4-5" in result.stdout
     line = next(line for line in result.stdout.splitlines() if "$7.13" in line)
-    # successes, counterfactual, cloud, local, actual, baseline, savings, %
-    assert line.split() == ["1", "$7.13", "$2.50", "$0.50", "$3.00", "$9.63", "$6.63", "68.8", "%"]
+    # successes, counterfactual, uncounted, cloud, local, actual, baseline, savings, %
+    assert line.split() == ["1", "$7.13", "0", "$2.50", "$0.50", "$3.00", "$9.63", "$6.63", "68.8", "%"]
 
 
 def test_savings_of_an_empty_window(config: Path) -> None:
@@ -155,3 +155,33 @@ def test_escalations_of_an_empty_window(config: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "no routed tasks in this window" in result.stdout
+
+
+def test_options_before_the_sub_report_apply_to_it(config: Path) -> None:
+    args = ["report", "--from", "2020-01-01", "--to", "2020-01-02", "--format", "json", "-c", str(config)]
+    result = runner.invoke(app, [*args, "savings"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["window"] == {"from": "2020-01-01T00:00:00+00:00", "to": "2020-01-03T00:00:00+00:00"}
+    # The sub-report's own options win.
+    result = runner.invoke(app, [*args, "escalations", *WINDOW])
+    assert json.loads(result.stdout)["window"]["from"] == "2026-11-20T00:00:00+00:00"
+
+
+def test_by_is_for_the_cost_report_only(config: Path) -> None:
+    result = runner.invoke(app, ["report", "--by", "model", "escalations", "-c", str(config)])
+    assert result.exit_code == 2
+    assert "--by groups the cost report only" in result.stderr
+
+
+def test_a_local_success_without_a_counterfactual_is_flagged(tmp_path: Path) -> None:
+    rows = [attempt(NOW, counterfactual_usd=None), attempt(NOW, counterfactual_usd=Decimal("0.25"))]
+    config = write_config(tmp_path, write_ledger(tmp_path / "l.duckdb", rows))
+    result = runner.invoke(app, ["report", "savings", *WINDOW, "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "1 local success(es) have no counterfactual price: their savings are not counted" in " ".join(
+        result.stdout.split()
+    )
+    (summary,) = report(config, "savings")["tables"]["summary"]["rows"]
+    assert (summary["local_successes"], summary["uncounted_local_successes"]) == (2, 1)
+    assert summary["savings_usd"] == Decimal("0.25")

@@ -10,9 +10,11 @@ import io
 import json
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import pyarrow as pa
@@ -52,10 +54,21 @@ SinceOption = Annotated[
 ]
 FromOption = Annotated[str | None, typer.Option("--from", help="Window start, a UTC date YYYY-MM-DD (or date-time).")]
 ToOption = Annotated[str | None, typer.Option("--to", help="Window end, a UTC date (inclusive) or date-time.")]
-FormatOption = Annotated[ReportFormat, typer.Option("--format", "-f", help="Output format.")]
+FormatOption = Annotated[ReportFormat | None, typer.Option("--format", "-f", help="Output format (default: table).")]
 
 report_app = typer.Typer(help="Cost reports from the ledger (see also: escalations, savings).")
 app.add_typer(report_app, name="report")
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Options given to `costline report` itself, for a sub-report named after them."""
+
+    since: str | None
+    start: str | None
+    end: str | None
+    fmt: ReportFormat | None
+    config: Path | None
 
 
 @report_app.callback(invoke_without_command=True)
@@ -67,11 +80,14 @@ def report(
     by: Annotated[
         str | None, typer.Option("--by", help="Group by any of model, provider, task_type, tier, day (comma list).")
     ] = None,
-    fmt: FormatOption = ReportFormat.table,
+    fmt: FormatOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Attempts, tasks, tokens by type and cost for a window, grouped as you ask."""
     if ctx.invoked_subcommand is not None:
+        if by is not None:
+            fail(f"--by groups the cost report only; `costline report {ctx.invoked_subcommand}` has its own tables", 2)
+        ctx.obj = _Options(since, start, end, fmt, config)
         return
     cfg = load_or_exit(config)
     window = _window_or_exit(since, start, end)
@@ -82,33 +98,51 @@ def report(
     _run(lambda reader: cost_report(reader, window, group_by), LedgerReader.from_config(cfg), fmt)
 
 
+def _merged(
+    ctx: typer.Context,
+    since: str | None,
+    start: str | None,
+    end: str | None,
+    fmt: ReportFormat | None,
+    config: Path | None,
+) -> _Options:
+    parent = ctx.obj if isinstance(ctx.obj, _Options) else _Options(None, None, None, None, None)
+    if since is None and start is None and end is None:
+        since, start, end = parent.since, parent.start, parent.end
+    return _Options(since, start, end, fmt or parent.fmt, config or parent.config)
+
+
 @report_app.command("escalations")
 def escalations(
+    ctx: typer.Context,
     since: SinceOption = None,
     start: FromOption = None,
     end: ToOption = None,
-    fmt: FormatOption = ReportFormat.table,
+    fmt: FormatOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Escalation rate by task type, escalation reasons, and which local models fail most and how."""
-    cfg = load_or_exit(config)
-    window = _window_or_exit(since, start, end)
-    _run(lambda reader: escalation_report(reader, window), LedgerReader.from_config(cfg), fmt)
+    options = _merged(ctx, since, start, end, fmt, config)
+    cfg = load_or_exit(options.config)
+    window = _window_or_exit(options.since, options.start, options.end)
+    _run(lambda reader: escalation_report(reader, window), LedgerReader.from_config(cfg), options.fmt)
 
 
 @report_app.command("savings")
 def savings(
+    ctx: typer.Context,
     since: SinceOption = None,
     start: FromOption = None,
     end: ToOption = None,
-    fmt: FormatOption = ReportFormat.table,
+    fmt: FormatOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Local successes, their cost on the escalation model, actual spend, and savings against all-Claude."""
-    cfg = load_or_exit(config)
-    window = _window_or_exit(since, start, end)
+    options = _merged(ctx, since, start, end, fmt, config)
+    cfg = load_or_exit(options.config)
+    window = _window_or_exit(options.since, options.start, options.end)
     model = cfg.escalation.model
-    _run(lambda reader: savings_report(reader, window, model), LedgerReader.from_config(cfg), fmt)
+    _run(lambda reader: savings_report(reader, window, model), LedgerReader.from_config(cfg), options.fmt)
 
 
 def _window_or_exit(since: str | None, start: str | None, end: str | None) -> Window:
@@ -118,12 +152,12 @@ def _window_or_exit(since: str | None, start: str | None, end: str | None) -> Wi
         fail(str(exc), code=2)
 
 
-def _run(build: Callable[[LedgerReader], Report], reader: LedgerReader, fmt: ReportFormat) -> None:
+def _run(build: Callable[[LedgerReader], Report], reader: LedgerReader, fmt: ReportFormat | None) -> None:
     try:
         result = build(reader)
     except LedgerError as exc:
         fail(str(exc))
-    render_report(result, fmt)
+    render_report(result, fmt or ReportFormat.table)
 
 
 def render_report(report: Report, fmt: ReportFormat) -> None:
