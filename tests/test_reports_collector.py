@@ -20,6 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from ledger_fixtures import free_port, write_config
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -253,3 +254,38 @@ def test_cli_reads_through_a_collector_in_another_process(tmp_path: Path) -> Non
     assert live["tables"] == report_json(config, "--since", "24h", "--by", "model")["tables"]
     assert live_escalations["tables"] == report_json(config, "escalations", "--since", "24h")["tables"]
     assert live["tables"]["cost"]["total"]["attempts"] == 8
+
+
+def test_export_works_while_the_collector_holds_the_ledger(running: tuple[Collector, Path], tmp_path: Path) -> None:
+    collector, config = running
+    out = tmp_path / "parquet"
+    result = runner.invoke(app, ["export", "parquet", str(out), "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    live = collector.connection
+    try:
+        want = live.execute("SELECT count(*), sum(cost_usd), sum(input_tokens) FROM attempts").fetchall()
+    finally:
+        live.close()
+    got = duckdb.sql(
+        f"SELECT count(*), sum(cost_usd), sum(input_tokens) FROM read_parquet('{out}/attempts/*/*.parquet')"
+    ).fetchall()
+    assert got == want
+    assert want[0][0] == 8
+
+
+def test_the_collectors_token_is_sent_and_never_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = "tok-0123456789-SECRET"
+    monkeypatch.setenv("COSTLINE_INGEST_TOKEN", token)
+    ledger = tmp_path / "ledger.duckdb"
+    with Collector(collector_config(ledger)) as collector:
+        config = write_config(tmp_path, ledger, metrics_port=int(collector.metrics_url.rsplit(":", 1)[1]))
+        with_token = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM attempts", "-f", "json", "-c", str(config)])
+        assert with_token.exit_code == 0, with_token.output
+        assert json.loads(with_token.stdout) == [{"n": 0}]
+        monkeypatch.setenv("COSTLINE_INGEST_TOKEN", "wrong-token")
+        refused = runner.invoke(app, ["report", "-c", str(config)])
+        assert refused.exit_code == 1
+        message = " ".join(refused.stderr.split())
+        assert "the collector refused the query (401" in message
+        assert "set COSTLINE_INGEST_TOKEN to the collector's token" in message
+        assert token not in refused.output and "wrong-token" not in refused.output
