@@ -95,7 +95,7 @@ class LedgerReader:
         path = self.source.path
         if not path.is_file():
             raise LedgerNotFoundError(
-                f"no ledger at {path}: run `costline serve` to create one, or point collector.ledger "
+                f"no ledger at {path.absolute()}: run `costline serve` to create one, or point collector.ledger "
                 "(or COSTLINE_LEDGER) at an existing file"
             )
         con = self._connect_read_only()

@@ -230,3 +230,23 @@ def test_json_and_csv_carry_any_duckdb_type(config: Path) -> None:
     assert as_csv.stdout.splitlines()[1] == (
         'PT5400S,P1M2D,01ff,"[1, 2]","{""k"": 1.5}",6f1e9a8e-4a2b-4c55-9a1d-0d4c3f0e9b7a,12:30:00,nan'
     )
+
+
+def test_a_file_that_is_not_a_ledger_is_named_and_left_alone(tmp_path: Path) -> None:
+    ledger = tmp_path / "notes.duckdb"
+    ledger.write_text("not a database")
+    result = sql(write_config(tmp_path, ledger), "SELECT 1")
+    assert result.exit_code == 1
+    assert squash(f"cannot open the ledger {ledger}") in squash(result.stderr)
+    assert "is not a valid DuckDB database file" in " ".join(result.stderr.split())
+    assert ledger.read_text() == "not a database"
+
+
+def test_a_relative_ledger_path_is_shown_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.toml"
+    config.write_text('[collector]\nledger = "costline.duckdb"\n', encoding="utf-8")
+    result = sql(config, "SELECT 1")
+    assert result.exit_code == 1
+    assert squash(f"no ledger at {tmp_path / 'costline.duckdb'}") in squash(result.stderr)
+    assert not (tmp_path / "costline.duckdb").exists()
