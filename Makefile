@@ -30,5 +30,12 @@ dashboards: $(STAMP)
 		promtool check rules prometheus/rules/*.yml && promtool test rules prometheus/tests/*.yml; \
 	else echo "promtool not found (apt-get install prometheus): rules generated but not checked"; fi
 
+# Ingest, router overhead, reports and scrapes at a scale that runs in a few minutes; bench/README.md has the
+# flags for the full 10M runs and the latest figures.
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/router_overhead.py
+	$(BIN)/python bench/reports.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

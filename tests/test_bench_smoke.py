@@ -1,0 +1,97 @@
+"""The benchmarks run, at a tiny scale, and what they count is right. No timing is asserted (that is bench/'s job)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collector.mapping import map_spans
+from collector.otlp_decode import decode_protobuf
+from collector.price_cache import FastPricer
+from costline.config import Config
+from costline.pricing import Pricer
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import otlp_batches  # noqa: E402
+
+
+def _run(script: str, *args: str, timeout: float = 300) -> dict:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_patched_batches_are_router_shaped_spans_the_collector_stores_whole() -> None:
+    factory = otlp_batches.BatchFactory(seed=3, base_ns=1_790_000_000 * 10**9, templates=2)
+    first, second = factory.batch(0), factory.batch(1)
+    request = otlp_batches.check_batch(first)
+    otlp_batches.check_batch(second)
+    assert factory.batch(0) == first  # the limit measurement rebuilds the very same bytes
+
+    pricer = FastPricer(Pricer(Config()))
+    mapped = [map_spans(decode_protobuf(body), pricer, now_ns=1_790_000_000 * 10**9) for body in (first, second)]
+    assert [m.rejected for m in mapped] == [[], []]
+    assert [m.attempts.num_rows for m in mapped] == [512, 512]
+    span_ids = [s for m in mapped for s in m.attempts.column("span_id").to_pylist()]
+    assert len(set(span_ids)) == 1024
+    tiers = set(mapped[0].attempts.column("tier").to_pylist())
+    assert tiers == {"primary", "fallback", "escalation"}
+    starts = mapped[0].attempts.column("start_time").to_pylist()
+    assert starts == sorted(starts)
+    service = request.resource_spans[0].resource.attributes[0]
+    assert (service.key, service.value.string_value) == ("service.name", "costline-router")
+
+
+def test_ingest_bench_stores_every_acknowledged_span(tmp_path: Path) -> None:
+    result = _run(
+        "ingest.py",
+        "--spans",
+        "1024",
+        "--preload",
+        "0,3000",
+        "--limit-spans",
+        "1024",
+        "--connections",
+        "2",
+        "--workdir",
+        str(tmp_path),
+    )
+    runs = result["runs"]
+    assert [r["preload"] for r in runs] == [0, 3000]
+    for run in runs:
+        assert run["acked"] == run["stored_rows"] == run["spans"] == 1024
+        assert run["durable"] is True
+        assert run["limit_sample_spans"] == 1024
+        assert run["rss_peak_mb"] > 0
+        assert run["e2e_spans_per_s"] > 0 and run["limit_spans_per_s"] > 0
+
+
+def test_router_overhead_bench_routes_every_task_once() -> None:
+    result = _run("router_overhead.py", "--tasks", "5", "--rounds", "1", "--latency-ms", "1")
+    for side in ("instant_backend", "latency_backend"):
+        figures = result[side]
+        assert figures["calls_per_side"] == 5
+        # 20 warm-up tasks and 5 measured ones, each a task span and one attempt span.
+        assert figures["spans_exported"] == 2 * 25
+        assert figures["wall_bare_us"] > 0 and figures["wall_routed_us"] > 0
+
+
+@pytest.mark.parametrize("rows", [4000])
+def test_reports_bench_reports_and_scrapes_the_generated_ledger(tmp_path: Path, rows: int) -> None:
+    result = _run("reports.py", "--rows", str(rows), "--repeats", "1", "--scrapes", "2", "--workdir", str(tmp_path))
+    assert result["rows"] == rows
+    assert len(result["report_subprocess_s"]) == 1
+    assert result["scrapes"] == 2 and result["scrape_bytes"] > 0
+    assert not list(tmp_path.iterdir())  # the ledger it made is gone
