@@ -54,10 +54,10 @@ FROM attempts
 COST_MEASURES = """
        count(*) AS attempts,
        count(DISTINCT task_id) AS tasks,
-       sum(input_tokens) AS input_tokens,
-       sum(output_tokens) AS output_tokens,
-       sum(cache_read_tokens) AS cache_read_tokens,
-       sum(cache_write_tokens) AS cache_write_tokens,
+       coalesce(sum(input_tokens), 0) AS input_tokens,
+       coalesce(sum(output_tokens), 0) AS output_tokens,
+       coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
+       coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
        coalesce(sum(cost_usd), 0) AS cost_usd,
        sum(reported_cost_usd) AS reported_cost_usd,
        count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_attempts"""

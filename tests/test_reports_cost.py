@@ -216,6 +216,8 @@ def test_empty_window_prints_an_empty_report(fixed: tuple[Path, list[dict[str, A
     (total,) = doc["tables"]["cost"]["rows"]
     assert total["attempts"] == 0
     assert total["cost_usd"] == 0
+    assert (total["input_tokens"], total["output_tokens"], total["unpriced_attempts"]) == (0, 0, 0)
+    assert total["reported_cost_usd"] is None
     grouped = report_json("--from", "2020-01-01", "--to", "2020-01-31", "--by", "day", "-c", str(config))
     assert grouped["tables"]["cost"]["rows"] == []
     result = run("report", "--from", "2020-01-01", "--to", "2020-01-31", "--format", "csv", "-c", str(config))
