@@ -261,3 +261,36 @@ def test_demo_can_feed_an_already_running_collector(tmp_path):
         tmp_path / "stack.duckdb", "SELECT (SELECT count(*) FROM tasks), (SELECT count(*) FROM attempts)"
     )
     assert (tasks, attempts) == (summary["tasks"], summary["attempts"]) == (20, summary["attempts"])
+
+
+def test_ctrl_c_while_routing_stops_every_server(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COSTLINE_", "ANTHROPIC_", "OTEL_"))}
+    env["COLUMNS"] = "200"
+    proc = subprocess.Popen(
+        [str(COSTLINE), "demo", "--dir", str(tmp_path / "demo"), "--tasks", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    banner = ""
+    for line in proc.stdout:
+        banner += line
+        if "metrics http://" in line:
+            break
+    ports = [int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)", banner)]
+    assert len(ports) == 4  # simulated Ollama and Claude, the collector's OTLP and metrics servers
+    threading.Event().wait(1.0)  # let the routing get going
+    proc.send_signal(signal.SIGINT)
+    try:
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "interrupted: the simulated servers and the collector are stopped." in rest
+    assert "Traceback" not in rest
+    for port in ports:
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
