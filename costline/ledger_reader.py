@@ -26,6 +26,7 @@ QUERY_PATH = "/api/v1/query"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 READ_ONLY_TYPES = frozenset({duckdb.StatementType.SELECT})
 TOKEN_ENV = "COSTLINE_INGEST_TOKEN"
+READ_ONLY_MESSAGE = "only read-only queries are allowed"  # the collector's endpoint says the same
 _COLLECTOR_TIMEOUT_S = 300.0
 
 
@@ -73,7 +74,7 @@ def check_read_only(sql: str) -> None:
     kind = statements[0].type
     if kind not in READ_ONLY_TYPES:
         raise NotReadOnlyError(
-            f"only read-only queries are allowed: this is a {kind.name} statement; "
+            f"{READ_ONLY_MESSAGE}: this is a {kind.name} statement; "
             "costline sql runs SELECT (and FROM, WITH, DESCRIBE, SHOW, SUMMARIZE)"
         )
 
@@ -106,6 +107,9 @@ class LedgerReader:
         try:
             return con.sql(sql, params=list(params)).to_arrow_table()
         except duckdb.Error as exc:
+            # A SELECT can hide a write (a data-modifying CTE); the read-only connection is what stops it.
+            if "read-only mode" in str(exc):
+                raise NotReadOnlyError(f"{READ_ONLY_MESSAGE}: {exc}") from None
             raise QueryError(str(exc)) from None
         finally:
             con.close()
@@ -164,6 +168,8 @@ class LedgerReader:
         except (ValueError, KeyError, TypeError):
             message = text.strip() or exc.reason
         if exc.code == 400:
+            if str(message).startswith(READ_ONLY_MESSAGE):
+                return NotReadOnlyError(str(message))
             return QueryError(str(message))
         if exc.code in (401, 403):
             return LedgerError(

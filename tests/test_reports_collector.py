@@ -289,3 +289,17 @@ def test_the_collectors_token_is_sent_and_never_shown(tmp_path: Path, monkeypatc
         assert "the collector refused the query (401" in message
         assert "set COSTLINE_INGEST_TOKEN to the collector's token" in message
         assert token not in refused.output and "wrong-token" not in refused.output
+
+
+def test_a_write_hidden_in_a_select_is_refused_by_the_collector_too(running: tuple[Collector, Path]) -> None:
+    collector, config = running
+    result = runner.invoke(
+        app, ["sql", "WITH gone AS (DELETE FROM attempts RETURNING *) SELECT count(*) FROM gone", "-c", str(config)]
+    )
+    assert result.exit_code == 1
+    assert "only read-only queries are allowed" in result.stderr
+    live = collector.connection
+    try:
+        assert live.execute("SELECT count(*) FROM attempts").fetchall() == [(8,)]
+    finally:
+        live.close()

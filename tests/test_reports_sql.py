@@ -136,6 +136,17 @@ def test_a_write_hidden_after_a_select_is_refused(config: Path, ledger: Path) ->
     assert digest(ledger) == before
 
 
+def test_a_write_hidden_in_a_select_is_refused(config: Path, ledger: Path) -> None:
+    """DuckDB calls a data-modifying CTE a SELECT; the read-only connection still refuses it."""
+    before = digest(ledger)
+    result = sql(config, "WITH gone AS (DELETE FROM attempts RETURNING *) SELECT count(*) FROM gone")
+    assert result.exit_code == 1
+    message = " ".join(result.stderr.split())
+    assert "only read-only queries are allowed" in message
+    assert "attached in read-only mode" in message
+    assert digest(ledger) == before
+
+
 def test_the_connection_itself_is_read_only(config: Path, ledger: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Even if the statement check missed something, DuckDB refuses to write through the reader's connection."""
     before = digest(ledger)
