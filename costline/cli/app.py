@@ -36,5 +36,6 @@ def load_or_exit(path: Path | None) -> Config:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(Text.assemble(("error: ", "bold red"), message), highlight=False)
+    # soft_wrap: never fold a long path or URL across lines (stderr is often a log file, 80 columns wide)
+    err_console.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
