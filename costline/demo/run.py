@@ -41,7 +41,7 @@ from costline.demo.fake_ollama import FakeOllama
 from costline.demo.profiles import CLAUDE_PROFILE, LOCAL_PROFILES
 from costline.demo.workload import Simulation, make_tasks
 from costline.ledger_reader import LedgerReader
-from router import Router, TaskResult
+from router import Router, Task, TaskResult
 from router.usage_store import Headroom
 
 MARKER = ".costline-demo"  # the demo only ever deletes a directory that carries this file
@@ -387,7 +387,7 @@ class Demo:
         self.collector = collector
         return _base_url(collector.metrics_url) + "/metrics"
 
-    def _route_all(self, router: Router, tasks: list) -> list[TaskResult]:
+    def _route_all(self, router: Router, tasks: list[Task]) -> list[TaskResult]:
         results: list[TaskResult] = []
         counts: Counter[str] = Counter()
         progress = Progress(
