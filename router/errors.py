@@ -33,6 +33,7 @@ class ProviderFailure(Exception):
         retry_after_s: float | None = None,
         status: int | None = None,
         reply: Reply | None = None,
+        compute_seconds: float | None = None,
     ) -> None:
         super().__init__(f"{error_type}: {message}")
         self.error_type = error_type
@@ -41,6 +42,7 @@ class ProviderFailure(Exception):
         self.retry_after_s = retry_after_s
         self.status = status
         self.reply = reply
+        self.compute_seconds = compute_seconds  # local models: how long the model ran before it failed
 
 
 def _status_type(status: int) -> str:

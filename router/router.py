@@ -258,12 +258,12 @@ class _TaskRun:
         self, step: _Local, reply: Reply | None, failure: ProviderFailure | None, start: int, end: int
     ) -> None:
         self.next_local += 1
-        cost = Decimal(0)
-        if reply is not None:
-            cost = self.router.pricer.price(
-                attr.PROVIDER_OLLAMA, step.model, reply.usage, compute_seconds=reply.compute_seconds
-            ).usd
-        record = self._book(step.tier, attr.PROVIDER_OLLAMA, step.model, reply, failure, cost, start, end, None)
+        compute = reply.compute_seconds if reply is not None else failure.compute_seconds if failure else None
+        usage = reply.usage if reply is not None else TokenUsage()
+        cost = self.router.pricer.price(attr.PROVIDER_OLLAMA, step.model, usage, compute_seconds=compute).usd
+        record = self._book(
+            step.tier, attr.PROVIDER_OLLAMA, step.model, reply, failure, cost, start, end, None, compute
+        )
         self.router.telemetry.record_attempt(
             self.span,
             self.task,
@@ -361,6 +361,7 @@ class _TaskRun:
         start: int,
         end: int,
         reason: str | None,
+        compute_seconds: float | None = None,
     ) -> AttemptRecord:
         usage = reply.usage if reply is not None else TokenUsage()
         record = AttemptRecord(
@@ -378,6 +379,7 @@ class _TaskRun:
             cost_usd=cost,
             duration_s=(end - start) / 1e9,
             escalation_reason=reason,
+            compute_seconds=compute_seconds,
         )
         self.attempts.append(record)
         return record

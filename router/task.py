@@ -64,6 +64,7 @@ class AttemptRecord:
     cost_usd: Decimal | None = Decimal(0)
     duration_s: float = 0.0
     escalation_reason: str | None = None
+    compute_seconds: float | None = None  # local models: prompt eval + eval time (estimated on failures)
 
 
 @dataclass

@@ -126,8 +126,8 @@ class Telemetry:
             if record.provider == attr.PROVIDER_ANTHROPIC:
                 attributes[attr.USAGE_CACHE_READ_INPUT_TOKENS] = reply.usage.cache_read_tokens
                 attributes[attr.USAGE_CACHE_CREATION_INPUT_TOKENS] = reply.usage.cache_write_tokens
-            if reply.compute_seconds is not None:
-                attributes[attr.LOCAL_COMPUTE_SECONDS] = reply.compute_seconds
+        if record.compute_seconds is not None:
+            attributes[attr.LOCAL_COMPUTE_SECONDS] = record.compute_seconds
         if record.error_type:
             attributes[attr.ERROR_TYPE] = record.error_type
         if self.capture_content:

@@ -312,3 +312,25 @@ def test_run_from_several_threads_at_once(fake_ollama, fake_anthropic, make_conf
     assert [r.escalated for r in results] == [bool(i % 2) for i in range(16)]
     assert len(spans.attempts()) == 8 * 1 + 8 * 3
     assert {r.task_id for r in results} == {t.id for t in tasks}
+
+
+def test_failed_local_attempts_are_priced_by_the_compute_they_used(
+    fake_ollama, fake_anthropic, make_config, tracer_provider, spans
+):
+    # At $3.60/h a second of local compute costs $0.001. A refused request used none; a model that died
+    # mid-stream was busy until it died, so its wall time is charged.
+    fake_ollama.script(PRIMARY, OllamaError(503))
+    fake_ollama.script(FALLBACK, OllamaStreamError(after_chunks=2))
+    fake_ollama.script(LAST, OllamaReply(content="fine", prompt_eval_duration_s=0.5, eval_duration_s=0.5))
+    config = make_config(local_compute={"usd_per_hour": 3.6}, escalation={"threshold": 3})
+    with Router(config, tracer_provider=tracer_provider) as router:
+        result = router.run(Task("hello"))
+
+    assert result.ok and [a.model for a in result.attempts] == [PRIMARY, FALLBACK, LAST]
+    refused, died, answered = result.attempts
+    assert refused.compute_seconds == 0.0 and refused.cost_usd == Decimal(0)
+    assert 0 < died.compute_seconds <= died.duration_s
+    assert died.cost_usd == Decimal("3.6") * Decimal(str(died.compute_seconds)) / 3600
+    assert answered.compute_seconds == pytest.approx(1.0) and answered.cost_usd == Decimal("0.001")
+    recorded = [s.attributes[attr.LOCAL_COMPUTE_SECONDS] for s in spans.attempts(result.task_id)]
+    assert recorded == [0.0, died.compute_seconds, answered.compute_seconds]

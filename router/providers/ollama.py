@@ -40,7 +40,7 @@ class OllamaProvider:
                 collector.add(chunk)
             return collector.reply()
         except Exception as exc:
-            raise classify_ollama(exc, self.host) from exc
+            raise collector.failed(classify_ollama(exc, self.host)) from exc
 
     async def achat(self, model: str, messages: Sequence[Mapping[str, Any]]) -> Reply:
         if self._async_client is None:
@@ -52,7 +52,7 @@ class OllamaProvider:
                 collector.add(chunk)
             return collector.reply()
         except Exception as exc:
-            raise classify_ollama(exc, self.host) from exc
+            raise collector.failed(classify_ollama(exc, self.host)) from exc
 
     def close(self) -> None:
         if self._client is not None:
@@ -70,13 +70,25 @@ class _StreamCollector:
 
     def __init__(self, model: str, host: str, deadline: float) -> None:
         self.model, self.host, self.deadline = model, host, deadline
+        self.started = time.monotonic()
+        self.chunks = 0
         self.parts: list[str] = []
         self.final: ollama.ChatResponse | None = None
+
+    def failed(self, failure: ProviderFailure) -> ProviderFailure:
+        """Attach the compute time a failed call used, so a local compute rate prices it instead of leaving it
+        unpriced: none when Ollama refused the request or was unreachable before answering; otherwise the model
+        was busy until it failed, and the wall time is the best measure there is (an upper bound)."""
+        if failure.reply is None and failure.compute_seconds is None:
+            never_ran = self.chunks == 0 and (failure.status is not None or failure.error_type == "connection")
+            failure.compute_seconds = 0.0 if never_ran else time.monotonic() - self.started
+        return failure
 
     def add(self, chunk: ollama.ChatResponse) -> None:
         # The client's timeout bounds each read; this bounds the whole answer.
         if time.monotonic() > self.deadline:
             raise ProviderFailure("timeout", f"Ollama at {self.host} was still streaming after the timeout")
+        self.chunks += 1
         if chunk.message is not None and chunk.message.content:
             self.parts.append(chunk.message.content)
         if chunk.done:
