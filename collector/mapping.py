@@ -164,7 +164,7 @@ def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
 
 def _is_model_call(attrs: dict[str, Any]) -> bool:
     operation = attrs.get(S.OPERATION_NAME)
-    if operation in NON_CALL_OPERATIONS:
+    if isinstance(operation, str) and operation in NON_CALL_OPERATIONS:  # an array value is unhashable
         return False
     return (
         operation is not None
