@@ -28,8 +28,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from collector.mapping import MappedRequest, map_spans
-from collector.otlp_decode import DecodeError, decode_json, decode_protobuf
+from collector.decode_pool import DecoderUnavailable
+from collector.mapping import MappedRequest
+from collector.otlp_decode import DecodeError
 from collector.query import ReadOnlyViolation, run_read_only
 from collector.writer import BatchWriter, QueueFull, WriteFailed
 
@@ -120,7 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class OtlpHandler(_Handler):
-    """Bound to a server that has ``pricer``, ``writer``, ``max_bytes``, ``token`` and ``ready`` attributes."""
+    """Bound to a server that has ``decoder``, ``writer``, ``max_bytes``, ``token`` and ``ready`` attributes."""
 
     def do_GET(self) -> None:
         if not self._probe():
@@ -150,11 +151,13 @@ class OtlpHandler(_Handler):
         if body is None:
             return
         try:
-            spans = decode_json(body) if answer_json else decode_protobuf(body)
+            mapped: MappedRequest = server.decoder(body, answer_json)
         except DecodeError as exc:
             self._status(400, code_pb2.INVALID_ARGUMENT, str(exc), answer_json)
             return
-        mapped: MappedRequest = map_spans(spans, server.pricer)
+        except DecoderUnavailable as exc:
+            self._status(503, code_pb2.UNAVAILABLE, str(exc), answer_json, {"Retry-After": "1"})
+            return
         if mapped.span_count or mapped.rejected:
             writer: BatchWriter = server.writer
             try:

@@ -26,9 +26,9 @@ from typing import Any, Final
 import pyarrow as pa
 
 from collector.otlp_decode import STATUS_ERROR, SpanRecord
-from collector.price_cache import FastPricer
+from collector.price_cache import FastPricer, usd_to_nanos
 from costline import spans as S
-from costline.pricing import LOCAL_PROVIDERS, SOURCE_UNPRICED, TokenUsage
+from costline.pricing import LOCAL_PROVIDERS
 
 MAX_TOKENS: Final = 100_000_000  # more than this in one call is a broken emitter, not a bill
 MAX_NAME_CHARS: Final = 256  # provider and model names become metric labels
@@ -37,11 +37,9 @@ MIN_START_NS: Final = 946_684_800 * 1_000_000_000  # 2000-01-01T00:00:00Z
 MAX_FUTURE_NS: Final = 86_400 * 1_000_000_000  # spans may start at most a day ahead of this clock
 MAX_DURATION_NS: Final = 7 * 86_400 * 1_000_000_000
 NON_CALL_OPERATIONS: Final = frozenset({"invoke_agent", "create_agent", "execute_tool"})
-_NANO: Final = Decimal("0.000000001")
-_MAX_COST: Final = Decimal(1_000_000_000)
 
 TS = pa.timestamp("us", tz="UTC")
-COST = pa.decimal128(18, 9)
+COST = pa.decimal128(18, 9)  # rows carry whole nano-dollars (int); the Arrow column is the exact decimal
 
 # Batch columns, in order. The ledger inserts them by name; ``check_parent`` is batch-only.
 ATTEMPT_SCHEMA: Final = pa.schema(
@@ -101,6 +99,40 @@ ATTEMPT_COLUMNS: Final = tuple(n for n in ATTEMPT_SCHEMA.names if n != "check_pa
 TASK_COLUMNS: Final = tuple(TASK_SCHEMA.names)
 
 
+# Every attribute the mapping reads; decoders may skip the others.
+ATTRIBUTES_READ: Final = frozenset(
+    {
+        S.OPERATION_NAME,
+        S.PROVIDER_NAME,
+        S.ALIAS_SYSTEM,
+        S.REQUEST_MODEL,
+        S.RESPONSE_MODEL,
+        S.USAGE_INPUT_TOKENS,
+        S.ALIAS_PROMPT_TOKENS,
+        S.USAGE_OUTPUT_TOKENS,
+        S.ALIAS_COMPLETION_TOKENS,
+        S.USAGE_CACHE_READ_INPUT_TOKENS,
+        S.USAGE_CACHE_CREATION_INPUT_TOKENS,
+        S.ALIAS_CACHE_WRITE_INPUT_TOKENS,
+        S.ALIAS_COST_OPENLIT,
+        S.ALIAS_COST_LOGFIRE,
+        S.ERROR_TYPE,
+        S.SERVER_ADDRESS,
+        S.SERVER_PORT,
+        S.TASK_ID,
+        S.TASK_TYPE,
+        S.TASK_CRITICAL,
+        S.TASK_OUTCOME,
+        S.TASK_ESCALATED,
+        S.TASK_ATTEMPTS,
+        S.ATTEMPT_INDEX,
+        S.ATTEMPT_TIER,
+        S.ESCALATION_REASON,
+        S.LOCAL_COMPUTE_SECONDS,
+    }
+)
+
+
 class Rejected(ValueError):
     """A GenAI span that cannot be accounted; the message says why."""
 
@@ -157,9 +189,13 @@ def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
     if not rows:
         return schema.empty_table()
     columns = list(zip(*rows, strict=True))
-    return pa.Table.from_arrays(
-        [pa.array(col, type=f.type) for col, f in zip(columns, schema, strict=True)], schema=schema
-    )
+    arrays = []
+    for col, f in zip(columns, schema, strict=True):
+        if f.type == COST:  # whole nano-dollars → DECIMAL(18, 9) without a Decimal object per value
+            arrays.append(pa.array(col, pa.int64()).cast(pa.decimal128(19, 0)).view(COST))
+        else:
+            arrays.append(pa.array(col, type=f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _is_model_call(attrs: dict[str, Any]) -> bool:
@@ -203,11 +239,11 @@ def _attempt_row(span: SpanRecord, a: dict[str, Any], pricer: FastPricer, now_ns
     failed = span.status_code == STATUS_ERROR or error_type is not None
     compute_s = _non_negative_float(a.get(S.LOCAL_COMPUTE_SECONDS))
 
-    usage = TokenUsage(input_tokens or 0, output_tokens or 0, cache_read or 0, cache_write or 0)
-    price = pricer.price(provider, model, usage, at_ns=start_ns, compute_seconds=compute_s)
+    counts = (input_tokens or 0, output_tokens or 0, cache_read or 0, cache_write or 0)
+    cost, price_source = pricer.price_nanos(provider, model, *counts, at_ns=start_ns, compute_seconds=compute_s)
     counterfactual = None
     if provider in LOCAL_PROVIDERS and not failed:
-        counterfactual = _money(pricer.counterfactual(usage, at_ns=start_ns).usd)
+        counterfactual = pricer.counterfactual_nanos(*counts, at_ns=start_ns)
     parent_span_id = span.parent_span_id or None
     return (
         trace_id,
@@ -232,10 +268,10 @@ def _attempt_row(span: SpanRecord, a: dict[str, Any], pricer: FastPricer, now_ns
         cache_read,
         cache_write,
         compute_s,
-        _money(price.usd),
+        cost,
         counterfactual,
         _reported_cost(a),
-        price.source if price.usd is not None else SOURCE_UNPRICED,
+        price_source,
         _text(a.get(S.SERVER_ADDRESS)),
         _port(a.get(S.SERVER_PORT)),
         span.service_name,
@@ -347,22 +383,17 @@ def _non_negative_float(value: Any) -> float | None:
     return None
 
 
-def _money(usd: Decimal | None) -> Decimal | None:
-    if usd is None or not usd.is_finite() or abs(usd) >= _MAX_COST:
-        return None
-    return usd.quantize(_NANO)
-
-
-def _reported_cost(a: dict[str, Any]) -> Decimal | None:
+def _reported_cost(a: dict[str, Any]) -> int | None:
+    """A carried cost in nano-dollars; anything that is not a finite, non-negative amount is ignored."""
     value = a.get(S.ALIAS_COST_OPENLIT)
     if value is None:
         value = a.get(S.ALIAS_COST_LOGFIRE)
-    if value is None or isinstance(value, bool):
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
     try:
-        cost = Decimal(str(value)) if isinstance(value, int | float | str) else None
+        cost = Decimal(str(value))
     except InvalidOperation:
         return None
-    if cost is None or not cost.is_finite() or cost < 0:
+    if not cost.is_finite() or cost < 0:
         return None
-    return _money(cost)
+    return usd_to_nanos(cost)

@@ -41,6 +41,12 @@ _ERROR_TYPE_LABEL = (
 )
 _NOT_REFUSED = f"coalesce(error_type, '') NOT IN ({', '.join(repr(t) for t in REFUSED_ERROR_TYPES)})"
 
+_BUCKET = (
+    "CASE "
+    + " ".join(f"WHEN duration_s <= {b} THEN {i}" for i, b in enumerate(DURATION_BUCKETS))
+    + f" ELSE {len(DURATION_BUCKETS)} END"
+)
+# One row per label set and duration bucket (a CASE is far cheaper than a FILTER per bucket).
 _ATTEMPT_AGGREGATES = f"""
 SELECT provider, {_MODEL} AS model, coalesce(tier, '') AS tier, outcome, {_ERROR_TYPE_LABEL} AS error_type,
        count(*) AS attempts,
@@ -52,8 +58,8 @@ SELECT provider, {_MODEL} AS model, coalesce(tier, '') AS tier, outcome, {_ERROR
        coalesce(sum(cache_read_tokens), 0), coalesce(sum(cache_write_tokens), 0),
        count(*) FILTER (WHERE tier = 'escalation' AND {_NOT_REFUSED}) AS escalations,
        coalesce(escalation_reason, '') AS reason,
-       coalesce(sum(duration_s), 0) AS duration_sum,
-       {", ".join(f"count(*) FILTER (WHERE duration_s <= {b})" for b in DURATION_BUCKETS)}
+       coalesce(sum(CAST(round(duration_s * 1e6) AS BIGINT)), 0) AS duration_us,
+       {_BUCKET} AS bucket
 FROM {{source}}
 GROUP BY ALL
 """
@@ -76,7 +82,7 @@ class _State:
         self.counterfactual: dict[str, Decimal] = {}
         self.tokens: dict[tuple[str, str, str], int] = {}
         self.unpriced: dict[tuple[str, str], int] = {}
-        self.duration: dict[tuple[str, str], list[float]] = {}  # per bucket counts (not cumulative), +Inf, sum
+        self.duration: dict[tuple[str, str], list[int]] = {}  # count per bucket (last: above all bounds), sum in µs
         self.ingest: dict[str, int] = {"stored": 0, "duplicate": 0, "rejected": 0}
 
     def add_attempts(self, rows: Iterable[tuple[Any, ...]]) -> dict[tuple[str, str], int]:
@@ -85,8 +91,7 @@ class _State:
         for row in rows:
             provider, model, tier, outcome, error_type, n, cost, unpriced, cf, cf_n = row[:10]
             tokens = row[10:14]
-            escalations, reason, duration_sum = row[14:17]
-            buckets = row[17:]
+            escalations, reason, duration_us, bucket = row[14:18]
             pm = (provider, model)
             _inc(self.attempts, (provider, model, tier, outcome, error_type), n)
             if n > unpriced:  # an unpriced model gets no cost series (NULL is not $0)
@@ -100,11 +105,9 @@ class _State:
                 _inc(self.tokens, (provider, model, kind), count)
             if escalations:
                 _inc(self.escalations, (reason, model), escalations)
-            hist = self.duration.setdefault(pm, [0.0] * (len(DURATION_BUCKETS) + 2))
-            for i, count in enumerate(buckets):  # cumulative in SQL → per bucket here, so batches add up
-                hist[i] += count - (buckets[i - 1] if i else 0)
-            hist[-2] += n - (buckets[-1] if buckets else 0)
-            hist[-1] += duration_sum
+            hist = self.duration.setdefault(pm, [0] * (len(DURATION_BUCKETS) + 2))
+            hist[bucket] += n  # per bucket here; cumulative at exposition
+            hist[-1] += duration_us
         return unpriced_seen
 
     def add_tasks(self, rows: Iterable[tuple[Any, ...]]) -> None:
@@ -209,7 +212,7 @@ class LedgerMetrics(Collector):
                 cumulative.append((_le(bound), running))
             running += counts[-2]
             cumulative.append(("+Inf", running))
-            hist.add_metric(list(labels), cumulative, counts[-1])
+            hist.add_metric(list(labels), cumulative, counts[-1] / 1e6)
         yield hist
         yield from self._headroom()
         yield _counter(

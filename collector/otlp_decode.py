@@ -55,7 +55,8 @@ class SpanRecord:
 # --- protobuf -------------------------------------------------------------------------------------------------------
 
 
-def decode_protobuf(body: bytes) -> list[SpanRecord]:
+def decode_protobuf(body: bytes, keys: frozenset[str] | None = None) -> list[SpanRecord]:
+    """Spans of an ExportTraceServiceRequest; with ``keys``, only those attributes are read (the rest cost time)."""
     try:
         request = ExportTraceServiceRequest.FromString(body)
     except (_ProtobufDecodeError, RuntimeError, ValueError) as exc:
@@ -66,26 +67,27 @@ def decode_protobuf(body: bytes) -> list[SpanRecord]:
         service = _pb_service_name(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for s in scope_spans.spans:
+                trace_id, span_id, parent = s.trace_id, s.span_id, s.parent_span_id
+                status = s.status
                 append(
                     SpanRecord(
-                        _pb_id(s.trace_id, 16),
-                        _pb_id(s.span_id, 8),
-                        _pb_id(s.parent_span_id, 8) if s.parent_span_id else "",
+                        trace_id.hex() if len(trace_id) == 16 and trace_id != _ZERO_TRACE else "",
+                        span_id.hex() if len(span_id) == 8 and span_id != _ZERO_SPAN else "",
+                        parent.hex() if len(parent) == 8 and parent != _ZERO_SPAN else "",
                         s.name,
                         s.kind,
                         s.start_time_unix_nano,
                         s.end_time_unix_nano,
-                        s.status.code,
-                        s.status.message,
-                        _pb_attributes(s.attributes),
+                        status.code,
+                        status.message,
+                        _pb_attributes(s.attributes, keys),
                         service,
                     )
                 )
     return spans
 
 
-def _pb_id(raw: bytes, size: int) -> str:
-    return raw.hex() if len(raw) == size and any(raw) else ""
+_ZERO_TRACE, _ZERO_SPAN = bytes(16), bytes(8)
 
 
 def _pb_service_name(attributes: Any) -> str | None:
@@ -96,17 +98,20 @@ def _pb_service_name(attributes: Any) -> str | None:
     return None
 
 
-def _pb_attributes(attributes: Any) -> dict[str, Any]:
+def _pb_attributes(attributes: Any, keys: frozenset[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kv in attributes:
+        key = kv.key
+        if keys is not None and key not in keys:
+            continue
         value = kv.value
         which = value.WhichOneof("value")
         if which == "string_value":
-            out[kv.key] = value.string_value
+            out[key] = value.string_value
         elif which == "int_value":
-            out[kv.key] = value.int_value
+            out[key] = value.int_value
         elif which is not None:
-            out[kv.key] = _pb_value(value, 0)
+            out[key] = _pb_value(value, 0)
     return out
 
 

@@ -10,6 +10,7 @@ from types import TracebackType
 
 import duckdb
 
+from collector.decode_pool import Decoder
 from collector.http import MetricsHandler, OtlpHandler, is_loopback, make_server
 from collector.ledger import LedgerWriter, WriteResult, open_ledger
 from collector.metrics import LedgerMetrics, make_registry
@@ -38,6 +39,7 @@ class Collector:
             self.metrics.seed(self._con)
             self.registry = make_registry(self.metrics)
             self._pricer = FastPricer(Pricer(config))
+            self.decoder = Decoder(config, self._pricer, col.decode_workers)
             self._writer_con = self._con.cursor()
             self._metrics_con = self._con.cursor()
             self._writer = BatchWriter(
@@ -72,7 +74,7 @@ class Collector:
         for server in (otlp, metrics):
             server.ready = self.ready  # type: ignore[attr-defined]
             server.token = self._token  # type: ignore[attr-defined]
-        otlp.pricer = self._pricer  # type: ignore[attr-defined]
+        otlp.decoder = self.decoder  # type: ignore[attr-defined]
         otlp.writer = self._writer  # type: ignore[attr-defined]
         otlp.max_bytes = col.max_request_bytes  # type: ignore[attr-defined]
         metrics.registry = self.registry  # type: ignore[attr-defined]
@@ -96,6 +98,7 @@ class Collector:
             server.shutdown()
             server.server_close()
         self._writer.stop()
+        self.decoder.close()
         for con in (self._writer_con, self._metrics_con):
             con.close()
         self._con.close()

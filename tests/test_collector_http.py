@@ -349,3 +349,24 @@ def test_a_corrupt_ledger_is_a_clear_error_and_left_untouched(tmp_path: Path) ->
         Collector(collector_config(path))
     assert path.read_bytes() == garbage
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.duckdb"]
+
+
+def test_worker_processes_decode_large_requests(tmp_path: Path) -> None:
+    config = collector_config(tmp_path / "ledger.duckdb", collector={"decode_workers": 1})
+    with Collector(config) as collector:
+        collector.decoder.pool_min_bytes = 0  # every request goes to the worker process once it is up
+        collector.decoder.start()
+        assert collector.decoder.wait_ready(120)
+        url = f"{collector.otlp_url}/v1/traces"
+        spans = [_json_span(f"00000000000001{i:02x}", **_claude()) for i in range(40)]
+        ok = _post(url, _json_body(*spans), "application/json")
+        partial = _post(
+            url, _json_body(_json_span("0000000000000201", **_claude(**{S.REQUEST_MODEL: None}))), "application/json"
+        )
+        malformed = _post(url, b"\x0a\xff\xff\xff", "application/x-protobuf")
+        stored = rows(collector, "SELECT count(*), sum(cost_usd) FROM attempts")
+    assert ok[0] == 200 and json.loads(ok[2]) == {}
+    assert json.loads(partial[2])["partialSuccess"]["rejectedSpans"] == "1"
+    assert malformed[0] == 400
+    assert status_pb2.Status.FromString(malformed[2]).message.startswith("not an OTLP ExportTraceServiceRequest")
+    assert stored == [(40, Decimal("0.010035") * 40)]

@@ -1,0 +1,158 @@
+"""Decoding and mapping off the main process.
+
+Turning OTLP into ledger rows is pure Python work (~20 µs a span) and would hold the GIL that the HTTP threads and
+the ledger writer need. Large requests therefore go to a pool of worker processes (``collector.decode_workers``),
+which return the rows as Arrow tables; the main process keeps only HTTP, the write queue and DuckDB. Small requests
+(and every request while the pool is still starting) are decoded in the request thread, where the pool's round
+trip would cost more than it saves. A worker that dies takes only its request with it (answered 503, retried by
+the sender), and the pool is started again.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager, suppress
+
+from collector.mapping import ATTRIBUTES_READ, MappedRequest, map_spans
+from collector.otlp_decode import decode_json, decode_protobuf
+from collector.price_cache import FastPricer
+from costline.config import Config
+from costline.pricing import Pricer
+
+log = logging.getLogger(__name__)
+
+POOL_MIN_BYTES = 32 * 1024  # below this, a request is decoded in place
+
+_worker_pricer: FastPricer | None = None
+
+
+class DecoderUnavailable(Exception):
+    """A worker process died while decoding; the request was not read and can be retried."""
+
+
+def decode_and_map(body: bytes, is_json: bool, pricer: FastPricer) -> MappedRequest:
+    """Raises :class:`collector.otlp_decode.DecodeError` for a malformed payload."""
+    spans = decode_json(body) if is_json else decode_protobuf(body, ATTRIBUTES_READ)
+    return map_spans(spans, pricer)
+
+
+def _init_worker(config: Config) -> None:
+    global _worker_pricer
+    _worker_pricer = FastPricer(Pricer(config))
+
+
+def _work(body: bytes, is_json: bool) -> MappedRequest:
+    assert _worker_pricer is not None
+    return decode_and_map(body, is_json, _worker_pricer)
+
+
+def _ping() -> bool:
+    return True
+
+
+@contextmanager
+def _without_main_module() -> Iterator[None]:
+    """Spawned workers re-import the parent's ``__main__`` (for ``costline serve``: the whole CLI, with the model
+    clients), which would cost each worker tens of MB. Workers need only this module, so hide the script."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    spec = getattr(main, "__spec__", None)
+    if main is None or (path is None and spec is None):
+        yield
+        return
+    with suppress(AttributeError):
+        del main.__file__
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        if path is not None:
+            main.__file__ = path
+        main.__spec__ = spec
+
+
+class Decoder:
+    def __init__(self, config: Config, pricer: FastPricer, workers: int) -> None:
+        self._config = config
+        self._pricer = pricer
+        self._workers = workers
+        self.pool_min_bytes = POOL_MIN_BYTES
+        self._pool: ProcessPoolExecutor | None = None
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __call__(self, body: bytes, is_json: bool) -> MappedRequest:
+        if self._workers > 0 and len(body) >= self.pool_min_bytes:
+            pool = self._pool_if_ready()
+            if pool is not None:
+                try:
+                    return pool.submit(_work, body, is_json).result()
+                except BrokenProcessPool:
+                    self._restart(pool)
+                    raise DecoderUnavailable("a decoder process died; retry the request") from None
+        return decode_and_map(body, is_json, self._pricer)
+
+    def start(self) -> None:
+        """Start the worker processes now rather than at the first large request."""
+        if self._workers > 0:
+            self._pool_if_ready()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once requests go to the worker processes."""
+        return self._ready.wait(timeout)
+
+    def _pool_if_ready(self) -> ProcessPoolExecutor | None:
+        if self._ready.is_set():
+            return self._pool
+        with self._lock:
+            if self._pool is None and not self._closed:
+                self._start_pool()
+        return None
+
+    def _start_pool(self) -> None:
+        pool = ProcessPoolExecutor(
+            max_workers=self._workers,
+            mp_context=multiprocessing.get_context("spawn"),  # never fork a process that holds DuckDB and threads
+            initializer=_init_worker,
+            initargs=(self._config,),
+        )
+        self._pool = pool
+        with _without_main_module():  # the first submit starts every worker process
+            warmups = [pool.submit(_ping) for _ in range(self._workers)]
+
+        def _when_started() -> None:
+            try:
+                for future in warmups:
+                    future.result(timeout=120)
+            except Exception as exc:  # the request threads keep decoding in place
+                log.error("decoder processes did not start (%s); decoding in the collector process", exc)
+                return
+            self._ready.set()
+
+        threading.Thread(target=_when_started, name="costline-decoder-start", daemon=True).start()
+
+    def _restart(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is not broken:
+                return
+            log.error("a decoder process died; starting the decoder pool again")
+            self._ready.clear()
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+            if not self._closed:
+                self._start_pool()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+            self._ready.clear()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
