@@ -128,6 +128,15 @@ class OtlpHandler(_Handler):
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
     def do_POST(self) -> None:
+        try:
+            self._export()
+        except Exception:  # never drop a connection without an answer; the sender may retry a 500
+            log.exception("unexpected error while ingesting a request")
+            self.close_connection = True
+            media = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+            self._status(500, code_pb2.INTERNAL, "internal error; see the collector log", media == JSON)
+
+    def _export(self) -> None:
         if self.path.split("?", 1)[0] != "/v1/traces":
             self._discard_body()
             self._send(404, b"not found; OTLP traces go to POST /v1/traces\n", "text/plain; charset=utf-8")

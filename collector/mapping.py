@@ -17,6 +17,7 @@ the row carries ``check_parent`` and the ledger writer resolves it against the b
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from collector.otlp_decode import STATUS_ERROR, SpanRecord
 from collector.price_cache import FastPricer, usd_to_nanos
 from costline import spans as S
 from costline.pricing import LOCAL_PROVIDERS
+
+log = logging.getLogger(__name__)
 
 MAX_TOKENS: Final = 100_000_000  # more than this in one call is a broken emitter, not a bill
 MAX_NAME_CHARS: Final = 256  # provider and model names become metric labels
@@ -182,6 +185,9 @@ def map_spans(spans: list[SpanRecord], pricer: FastPricer, now_ns: int | None = 
                 ignored += 1
         except Rejected as exc:
             rejected.append(str(exc))
+        except Exception as exc:  # a shape nobody foresaw: refuse this span, keep the others
+            log.warning("span %s could not be mapped: %r", span.span_id or "(no id)", exc)
+            rejected.append(f"span could not be read ({type(exc).__name__}) (span {span.span_id or 'without id'})")
     return MappedRequest(_table(attempt_rows, ATTEMPT_SCHEMA), _table(task_rows, TASK_SCHEMA), rejected, ignored)
 
 

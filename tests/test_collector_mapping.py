@@ -1,0 +1,222 @@
+"""Decoding and mapping without the network: validation reasons, aliases, OTLP/JSON quirks, and the fast pricer
+agreeing with the shared Pricer to the nano-dollar."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from collector.mapping import map_spans
+from collector.otlp_decode import STATUS_ERROR, DecodeError, SpanRecord, decode_json
+from collector.price_cache import FastPricer, usd_to_nanos
+from costline import spans as S
+from costline.config import ModelPrice, load_config, with_overrides
+from costline.pricing import Pricer, TokenUsage
+
+NOW_NS = time.time_ns()
+START = NOW_NS - 60 * 1_000_000_000
+
+
+@pytest.fixture(scope="module")
+def pricer() -> FastPricer:
+    return FastPricer(Pricer(load_config(env={})))
+
+
+def _span(span_id: str = "00f067aa0ba902b7", *, start: int = START, end: int | None = None, **attrs: Any) -> SpanRecord:
+    return SpanRecord(
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        span_id,
+        "",
+        "chat",
+        3,
+        start,
+        start + 10**9 if end is None else end,
+        0,
+        "",
+        attrs,
+        "svc",
+    )
+
+
+def _claude(**overrides: Any) -> dict[str, Any]:
+    attrs = {
+        S.PROVIDER_NAME: "anthropic",
+        S.REQUEST_MODEL: "claude-sonnet-4-5",
+        S.USAGE_INPUT_TOKENS: 1000,
+        S.USAGE_OUTPUT_TOKENS: 500,
+    }
+    attrs.update(overrides)
+    return {k: v for k, v in attrs.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("span", "reason"),
+    [
+        (_span(**_claude(**{S.REQUEST_MODEL: None})), "no gen_ai.request.model or gen_ai.response.model"),
+        (_span(**_claude(**{S.PROVIDER_NAME: None})), "no gen_ai.provider.name or gen_ai.system"),
+        (_span(**_claude(**{S.USAGE_OUTPUT_TOKENS: -1})), "negative gen_ai.usage.output_tokens"),
+        (_span(**_claude(**{S.USAGE_INPUT_TOKENS: 10**12})), "gen_ai.usage.input_tokens above 100,000,000 in one call"),
+        (_span(**_claude(**{S.USAGE_INPUT_TOKENS: "lots"})), "gen_ai.usage.input_tokens is not a whole number"),
+        (_span(**_claude(**{S.USAGE_INPUT_TOKENS: 1.5})), "gen_ai.usage.input_tokens is not a whole number"),
+        (
+            _span(**_claude(**{S.USAGE_CACHE_READ_INPUT_TOKENS: 800, S.USAGE_CACHE_CREATION_INPUT_TOKENS: 300})),
+            "cache read + cache write tokens exceed input tokens",
+        ),
+        (_span(start=0, **_claude()), "start time missing or before 2000-01-01"),
+        (_span(start=NOW_NS + 3 * 86_400 * 10**9, **_claude()), "start time more than a day in the future"),
+        (_span(end=START - 1, **_claude()), "end time before start time"),
+        (_span(end=START + 8 * 86_400 * 10**9, **_claude()), "duration longer than 7 days"),
+        (_span(**_claude(**{S.REQUEST_MODEL: "m" * 300})), "request model longer than 256 characters"),
+        (_span(**_claude(**{S.REQUEST_MODEL: ["a", "list"]})), "request model is not a string"),
+        (_span(**{S.TASK_ID: "", S.TASK_OUTCOME: "completed"}), "task span without costline.task.id"),
+    ],
+)
+def test_unaccountable_spans_are_rejected_with_a_reason(pricer: FastPricer, span: SpanRecord, reason: str) -> None:
+    mapped = map_spans([span], pricer, now_ns=NOW_NS)
+    assert mapped.span_count == 0
+    where = "task span" if S.TASK_OUTCOME in span.attributes else "span"
+    assert mapped.rejected == [f"{reason} ({where} {span.span_id})"]
+
+
+def test_missing_ids_are_rejected(pricer: FastPricer) -> None:
+    span = _span(span_id="", **_claude())
+    assert map_spans([span], pricer, now_ns=NOW_NS).rejected == ["missing or malformed trace/span id"]
+
+
+def test_non_genai_and_agent_spans_are_ignored_not_rejected(pricer: FastPricer) -> None:
+    spans = [
+        _span("0000000000000001", **{"http.route": "/x"}),
+        _span("0000000000000002", **{S.OPERATION_NAME: "invoke_agent", S.REQUEST_MODEL: "claude-sonnet-4-5"}),
+        _span("0000000000000003", **{S.OPERATION_NAME: "execute_tool"}),
+        _span("0000000000000004", **{S.OPERATION_NAME: ["chat"], S.REQUEST_MODEL: "x"}),  # odd shape: rejected
+    ]
+    mapped = map_spans(spans, pricer, now_ns=NOW_NS)
+    assert (mapped.span_count, mapped.ignored) == (0, 3)
+    assert mapped.rejected == ["no gen_ai.provider.name or gen_ai.system (span 0000000000000004)"]
+
+
+def test_an_error_span_without_error_type_is_an_error(pricer: FastPricer) -> None:
+    span = _span(**_claude())
+    span.status_code = STATUS_ERROR
+    row = map_spans([span], pricer, now_ns=NOW_NS).attempts.to_pylist()[0]
+    assert (row["outcome"], row["error_type"]) == ("error", None)
+
+
+def test_aliases_and_carried_costs(pricer: FastPricer) -> None:
+    span = _span(
+        **{
+            S.ALIAS_SYSTEM: "anthropic",
+            S.RESPONSE_MODEL: "claude-sonnet-4-5",
+            S.ALIAS_PROMPT_TOKENS: "1000",  # some emitters write numbers as strings
+            S.ALIAS_COMPLETION_TOKENS: 500,
+            S.USAGE_CACHE_READ_INPUT_TOKENS: 200,
+            S.ALIAS_CACHE_WRITE_INPUT_TOKENS: 100,
+            S.ALIAS_COST_OPENLIT: 0.0100351,
+        }
+    )
+    row = map_spans([span], pricer, now_ns=NOW_NS).attempts.to_pylist()[0]
+    assert (row["provider"], row["request_model"], row["response_model"]) == ("anthropic", None, "claude-sonnet-4-5")
+    assert (row["input_tokens"], row["output_tokens"], row["cache_read_tokens"], row["cache_write_tokens"]) == (
+        1000,
+        500,
+        200,
+        100,
+    )
+    assert row["cost_usd"] == Decimal("0.010035000")
+    assert row["reported_cost_usd"] == Decimal("0.010035100")
+
+
+def test_otlp_json_hex_ids_string_int64_and_enum_names() -> None:
+    body = {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "svc"}}]},
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {
+                                "traceId": "5B8EFFF798038103D269B633813FC60C",
+                                "spanId": "eee19b7ec3c1b174",
+                                "parentSpanId": "",
+                                "name": "chat",
+                                "kind": "SPAN_KIND_CLIENT",
+                                "startTimeUnixNano": "1700000000123456789",
+                                "endTimeUnixNano": 1700000001123456789,
+                                "status": {"code": "STATUS_CODE_ERROR", "message": "boom"},
+                                "attributes": [
+                                    {"key": "n", "value": {"intValue": "9007199254740993"}},
+                                    {"key": "d", "value": {"doubleValue": "NaN"}},
+                                    {"key": "lone", "value": {"stringValue": "a\ud800b"}},
+                                    {"key": "arr", "value": {"arrayValue": {"values": [{"stringValue": "x"}]}}},
+                                    {"key": "kv", "value": {"kvlistValue": {"values": [{"key": "k", "value": {}}]}}},
+                                    {"key": "raw", "value": {"bytesValue": "AAE="}},
+                                ],
+                            },
+                            {"traceId": "not-hex", "spanId": "0000000000000000", "name": "x"},
+                        ]
+                    }
+                ],
+            }
+        ]
+    }
+    first, second = decode_json(json.dumps(body).encode())
+    assert (first.trace_id, first.span_id, first.parent_span_id) == (
+        "5b8efff798038103d269b633813fc60c",
+        "eee19b7ec3c1b174",
+        "",
+    )
+    assert (first.kind, first.start_ns, first.end_ns) == (3, 1700000000123456789, 1700000001123456789)
+    assert (first.status_code, first.status_message, first.service_name) == (2, "boom", "svc")
+    assert first.attributes["n"] == 9007199254740993
+    assert first.attributes["lone"] == "a?b"
+    assert first.attributes["arr"] == ["x"] and first.attributes["kv"] == {"k": None}
+    assert first.attributes["raw"] == "0001"
+    assert (second.trace_id, second.span_id) == ("", "")
+
+
+@pytest.mark.parametrize("body", [b"[]", b'{"resourceSpans": [{"scopeSpans": [{"spans": [1]}]}]}', b"\xff\xfe"])
+def test_json_envelopes_that_are_not_otlp_fail_to_decode(body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_json(body)
+
+
+def _models() -> list[tuple[str, str]]:
+    return [
+        ("anthropic", "claude-sonnet-4-5"),
+        ("anthropic", "claude-sonnet-4-6"),
+        ("anthropic", "claude-haiku-4-5"),
+        ("anthropic", "claude-opus-4-1"),
+        ("openai", "gpt-4o"),
+        ("google", "gemini-2.5-pro"),  # tiered above 200k input tokens
+        ("ollama", "qwen3:8b"),
+        ("anthropic", "claude-imaginary-9"),
+    ]
+
+
+@pytest.mark.parametrize(("provider", "model"), _models())
+def test_the_fast_pricer_agrees_with_the_pricer_to_the_nano_dollar(provider: str, model: str) -> None:
+    config = with_overrides(
+        load_config(env={}),
+        local_compute={"usd_per_hour": 0.9},
+        prices=lambda _: {"gpt-4o": ModelPrice(2.0, 7.0, 0.2)},  # an override beats the catalogue
+    )
+    slow, fast = Pricer(config), FastPricer(Pricer(config))
+    rng = random.Random(7)
+    at = datetime(2026, 9, 1, 10, 30, tzinfo=UTC)
+    at_ns = int(at.timestamp()) * 1_000_000_000
+    for _ in range(200):
+        inp = rng.choice([0, 1, rng.randint(0, 5000), rng.randint(0, 400_000)])
+        cache_read, cache_write = rng.randint(0, inp // 2), rng.randint(0, inp // 4)
+        out, seconds = rng.randint(0, 20_000), rng.uniform(0, 30)
+        usage = TokenUsage(inp, out, cache_read, cache_write)
+        expected = slow.price(provider, model, usage, at=at, compute_seconds=seconds)
+        nanos, source = fast.price_nanos(
+            provider, model, inp, out, cache_read, cache_write, at_ns=at_ns, compute_seconds=seconds
+        )
+        assert (nanos, source) == (usd_to_nanos(expected.usd), expected.source), usage
