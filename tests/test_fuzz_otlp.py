@@ -1,0 +1,285 @@
+"""Fuzzing the OTLP decode and mapping (protobuf and JSON) with hypothesis: truncated and random bytes, invalid
+UTF-8, gzip bombs and truncated gzip, huge attribute values, absurd token counts, timestamps far away, missing ids.
+The decoder raises only DecodeError (→ 400), the mapping never raises, the collector answers 200/400/413/415 and
+stays healthy, and no row that reaches the ledger breaks its invariants."""
+
+from __future__ import annotations
+
+import random
+import re
+import socket
+import urllib.request
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from faults.ledger import stored_span_ids, violations
+from faults.metrics import scrape, value
+from faults.otlp import make_batch, post
+from faults.payloads import (
+    NOW_NS,
+    gzip_bomb,
+    gzipped,
+    json_payload,
+    protobuf_payload,
+    spans_list,
+    to_json,
+    to_protobuf,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from collector.mapping import MAX_NAME_CHARS, MAX_TOKENS, MappedRequest, map_spans
+from collector.otlp_decode import DecodeError, decode_json, decode_protobuf
+from collector.price_cache import FastPricer
+from collector.service import Collector
+from costline.config import load_config, with_overrides
+from costline.pricing import Pricer
+
+FUZZED: Counter[str] = Counter()  # inputs tried, by kind (bench/soak.py reports them)
+HEX32, HEX16 = re.compile("[0-9a-f]{32}"), re.compile("[0-9a-f]{16}")
+EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
+TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+ALLOWED_STATUSES = {200, 400, 413, 415}
+
+
+def _config(ledger: Path | None = None):  # type: ignore[no-untyped-def]
+    config = load_config(env={})
+    if ledger is None:
+        return config
+    return with_overrides(
+        config,
+        collector={"otlp_port": 0, "metrics_port": 0, "ledger": str(ledger), "max_request_bytes": 4 * 1024 * 1024},
+        router={"usage_db": str(ledger.parent / "usage.sqlite")},
+    )
+
+
+PRICER = FastPricer(Pricer(_config()))
+
+
+def assert_rows_sound(mapped: MappedRequest, now_ns: int) -> None:
+    """What the mapping hands to the ledger is accountable: ids, times, tokens, names, costs all sane."""
+    now = datetime.fromtimestamp(now_ns / 1e9, UTC)
+    for row in mapped.attempts.to_pylist():
+        assert HEX32.fullmatch(row["trace_id"]) and row["trace_id"] != "0" * 32, row
+        assert HEX16.fullmatch(row["span_id"]) and row["span_id"] != "0" * 16, row
+        assert row["parent_span_id"] is None or HEX16.fullmatch(row["parent_span_id"]), row
+        assert EPOCH_2000 <= row["start_time"] <= now + timedelta(days=1), row
+        assert row["end_time"] >= row["start_time"] and row["duration_s"] >= 0, row
+        counts = [row[k] for k in TOKENS]
+        assert all(c is None or 0 <= c <= MAX_TOKENS for c in counts), row
+        assert (row["cache_read_tokens"] or 0) + (row["cache_write_tokens"] or 0) <= (row["input_tokens"] or 0), row
+        assert row["provider"] and len(row["provider"]) <= MAX_NAME_CHARS, row
+        model = row["request_model"] or row["response_model"]
+        assert model and len(model) <= MAX_NAME_CHARS, row
+        assert row["outcome"] in ("success", "error")
+        for money in ("cost_usd", "counterfactual_usd", "reported_cost_usd"):
+            assert row[money] is None or row[money] >= 0, row
+    for row in mapped.tasks.to_pylist():
+        assert HEX32.fullmatch(row["trace_id"]) and HEX16.fullmatch(row["span_id"]), row
+        assert row["task_id"], row
+        assert EPOCH_2000 <= row["start_time"] <= now + timedelta(days=1) and row["end_time"] >= row["start_time"]
+
+
+def _decode_and_map(decode: Any, body: bytes) -> None:
+    try:
+        spans = decode(body)
+    except DecodeError:
+        return  # → 400
+    mapped = map_spans(spans, PRICER, now_ns=NOW_NS)
+    assert mapped.span_count + len(mapped.rejected) + mapped.ignored == len(spans)
+    assert_rows_sound(mapped, NOW_NS)
+
+
+def fuzz_decode(examples: int) -> None:
+    """Protobuf and JSON bodies (valid, absurd, damaged, random) straight through decode and mapping."""
+
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(body=protobuf_payload)
+    def protobuf(body: bytes) -> None:
+        FUZZED["protobuf decode+map"] += 1
+        _decode_and_map(decode_protobuf, body)
+
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(body=json_payload)
+    def as_json(body: bytes) -> None:
+        FUZZED["json decode+map"] += 1
+        _decode_and_map(decode_json, body)
+
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(spans=spans_list)
+    def both_agree(spans: list[dict[str, Any]]) -> None:
+        """A well-formed request maps the same whichever encoding carried it."""
+        FUZZED["protobuf/json agreement"] += 1
+        by_protobuf = map_spans(decode_protobuf(to_protobuf(spans)), PRICER, now_ns=NOW_NS)
+        by_json = map_spans(decode_json(to_json(spans)), PRICER, now_ns=NOW_NS)
+        assert by_protobuf.attempts.to_pylist() == by_json.attempts.to_pylist()
+        assert by_protobuf.tasks.to_pylist() == by_json.tasks.to_pylist()
+        assert len(by_protobuf.rejected) == len(by_json.rejected)
+
+    protobuf()
+    as_json()
+    both_agree()
+
+
+def test_decoding_and_mapping_never_crash_and_never_yield_a_poisoned_row() -> None:
+    fuzz_decode(300)
+
+
+http_payload = st.one_of(
+    st.tuples(st.just("application/x-protobuf"), protobuf_payload),
+    st.tuples(st.just("application/json"), json_payload),
+    st.tuples(st.sampled_from(["text/plain", "", "application/x-protobuf; charset=\xff"]), st.binary(max_size=64)),
+)
+
+
+def fuzz_http(collector: Collector, examples: int) -> Counter[int]:
+    """Hostile requests at a live collector; returns the statuses it answered."""
+    url = f"{collector.otlp_url}/v1/traces"
+    statuses: Counter[int] = Counter()
+
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(payload=http_payload, encoding=st.sampled_from(["identity", "gzip", "truncated-gzip"]))
+    def request(payload: tuple[str, bytes], encoding: str) -> None:
+        FUZZED["http requests"] += 1
+        content_type, body = payload
+        headers = {}
+        if encoding != "identity":
+            headers["Content-Encoding"] = "gzip"
+            body = gzipped(body)
+            if encoding == "truncated-gzip":
+                body = body[: len(body) // 2]
+        answer = post(url, body, content_type=content_type, headers=headers, timeout=60)
+        assert answer.status in ALLOWED_STATUSES, (answer.status, answer.body[:300])
+        statuses[answer.status] += 1
+        if answer.status == 200 and content_type == "application/x-protobuf":
+            ExportTraceServiceResponse.FromString(answer.body)  # a well-formed answer, partial_success or not
+
+    request()
+    return statuses
+
+
+def assert_collector_sound(collector: Collector) -> None:
+    """Still healthy, still storing, and nothing poisoned in the ledger."""
+    with urllib.request.urlopen(f"{collector.otlp_url}/healthz", timeout=10) as answer:
+        assert answer.status == 200
+    good = make_batch(random.Random(99), 2)
+    assert post(f"{collector.otlp_url}/v1/traces", good.body).status == 200
+    con = collector.connection
+    try:
+
+        def query(sql: str) -> list[tuple[Any, ...]]:
+            return con.execute(sql).fetchall()
+
+        assert violations(query) == {}
+        assert set(good.span_ids) <= set(stored_span_ids(query))
+    finally:
+        con.close()
+
+
+def test_a_live_collector_answers_hostile_requests_with_4xx_or_partial_success(tmp_path: Path) -> None:
+    with Collector(_config(tmp_path / "ledger.duckdb")) as collector:
+        statuses = fuzz_http(collector, 150)
+        assert_collector_sound(collector)
+        metrics = scrape(collector.metrics_url)
+    assert statuses[200] and statuses[400], statuses  # both paths were exercised
+    assert value(metrics, "costline_ingest_spans_total", result="rejected") > 0
+
+
+def test_gzip_bombs_huge_bodies_and_truncated_gzip_are_refused(tmp_path: Path) -> None:
+    with Collector(_config(tmp_path / "ledger.duckdb")) as collector:
+        url = f"{collector.otlp_url}/v1/traces"
+        bomb = gzip_bomb(256 * 1024 * 1024)  # 256 MiB of zeros in ~250 KiB
+        assert len(bomb) < 1024 * 1024
+        answer = post(url, bomb, headers={"Content-Encoding": "gzip"})
+        assert answer.status == 413 and b"after gzip" in answer.body
+        assert _declared_length_status(collector, 5 * 1024 * 1024) == 413  # refused before any body is read
+        good = gzipped(make_batch(random.Random(1), 3).body)
+        truncated = post(url, good[:-10], headers={"Content-Encoding": "gzip"})
+        assert truncated.status == 400 and b"truncated gzip" in truncated.body
+        assert post(url, b"\x1f\x8bnot gzip", headers={"Content-Encoding": "gzip"}).status == 400
+        assert post(url, good, headers={"Content-Encoding": "br"}).status == 415
+        assert_collector_sound(collector)
+
+
+def _declared_length_status(collector: Collector, length: int) -> int:
+    """Announce a body over the limit and send none: the status line comes back without reading a byte."""
+    host, port = collector.otlp_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+            f"Content-Length: {length}\r\n\r\n".encode()
+        )
+        return int(sock.recv(1024).split(b" ", 2)[1])
+
+
+def test_huge_attribute_values_are_cut_or_rejected_never_stored_whole(tmp_path: Path) -> None:
+    span = {
+        "trace_id": bytes(range(1, 17)),
+        "span_id": bytes(range(1, 9)),
+        "parent_span_id": b"",
+        "name": "chat qwen3:8b",
+        "kind": 3,
+        "start": 0,
+        "end": 0,
+        "status": 1,
+    }
+    now = datetime.now(UTC)
+    start = int((now - timedelta(minutes=5)).timestamp()) * 1_000_000_000
+    big = "y" * (1024 * 1024)
+    ok = {
+        **span,
+        "start": start,
+        "end": start + 10**9,
+        "attributes": {"gen_ai.provider.name": "ollama", "gen_ai.request.model": "qwen3:8b", "costline.task.id": big},
+    }
+    bad = {
+        **ok,
+        "span_id": bytes(range(2, 10)),
+        "attributes": {"gen_ai.provider.name": "ollama", "gen_ai.request.model": big},
+    }
+    with Collector(_config(tmp_path / "ledger.duckdb")) as collector:
+        answer = post(f"{collector.otlp_url}/v1/traces", to_protobuf([ok, bad]))
+        assert answer.status == 200
+        partial = ExportTraceServiceResponse.FromString(answer.body).partial_success
+        assert partial.rejected_spans == 1 and "request model longer than 256 characters" in partial.error_message
+        con = collector.connection
+        try:
+            stored = con.execute("SELECT span_id, length(task_id), request_model FROM attempts").fetchall()
+        finally:
+            con.close()
+    assert stored == [(bytes(range(1, 9)).hex(), 1024, "qwen3:8b")]
+
+
+def test_a_list_or_map_where_a_name_belongs_is_accounted_not_a_dropped_connection(tmp_path: Path) -> None:
+    """Found by the fuzzer: an array-valued gen_ai.operation.name used to raise in the mapping (unhashable list),
+    so the receiver dropped the connection and the exporter retried a batch that could never succeed."""
+    start = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp()) * 1_000_000_000
+    base = {"parent_span_id": b"", "name": "chat", "kind": 3, "start": start, "end": start + 10**9, "status": 1}
+    spans = [
+        {
+            **base,
+            "trace_id": bytes(range(1, 17)),
+            "span_id": bytes([n, 1, 2, 3, 4, 5, 6, 7]),
+            "attributes": {
+                "gen_ai.operation.name": operation,
+                "gen_ai.provider.name": "ollama",
+                "gen_ai.request.model": "qwen3:8b",
+            },
+        }
+        for n, operation in ((1, ["chat"]), (2, []), (3, "chat"))
+    ]
+    with Collector(_config(tmp_path / "ledger.duckdb")) as collector:
+        url = f"{collector.otlp_url}/v1/traces"
+        as_protobuf = post(url, to_protobuf(spans))
+        assert as_protobuf.status == 200, as_protobuf.error
+        as_json = post(url, to_json(spans), content_type="application/json")
+        assert as_json.status == 200, as_json.error
+        con = collector.connection
+        try:
+            stored = con.execute("SELECT span_id FROM attempts ORDER BY span_id").fetchall()
+        finally:
+            con.close()
+    assert [row[0] for row in stored] == [bytes([n, 1, 2, 3, 4, 5, 6, 7]).hex() for n in (1, 2, 3)]
