@@ -30,7 +30,7 @@ from costline.config import Config, ModelPrice, load_config, with_overrides
 from costline.demo.fake_anthropic import ClaudeReply, FakeAnthropic
 from costline.demo.fake_ollama import FakeOllama, OllamaError, OllamaReply
 from dashboards import generate
-from dashboards.queries import queries, substitute
+from dashboards.queries import DEFAULT_VALUES, queries, substitute
 from dashboards.stack import DEFAULT as STACK
 from dashboards.thresholds import DEFAULT as THRESHOLDS
 from router.router import Router
@@ -260,6 +260,19 @@ def test_dashboards_and_rules_against_a_real_prometheus(tmp_path: Path, monkeypa
         assert set(providers) == {"ollama", "anthropic"}
         models = prometheus.api("label/model/values", **{"match[]": 'costline_attempts_total{provider=~".*"}'})
         assert set(models) == {PRIMARY, FALLBACK, CLAUDE, UNPRICED_CLAUDE}
+
+        # Choosing a provider and a model in the variables narrows the panels to them.
+        overview = json.loads((ROOT / generate.DASHBOARD_DIR / "costline-overview.json").read_text(encoding="utf-8"))
+        by_panel = {q.panel: q.expr for q in queries(overview) if q.ref_id == "A"}
+        only_primary = {**DEFAULT_VALUES, "provider": "ollama", "model": PRIMARY}
+        outcomes = prometheus.query(substitute(by_panel["Attempts by outcome per model"], only_primary), at=at)
+        assert {(s["metric"]["model"], s["metric"]["outcome"]) for s in outcomes} == {
+            (PRIMARY, "success"),
+            (PRIMARY, "error"),
+        }
+        only_claude = {**DEFAULT_VALUES, "provider": "anthropic", "model": f"{CLAUDE}|{UNPRICED_CLAUDE}"}
+        spend = prometheus.query(substitute(by_panel["Spend rate by model"], only_claude), at=at)
+        assert {s["metric"]["model"] for s in spend} == {CLAUDE}  # the unpriced model has no cost series
 
         # The spend alert with the tiny monthly budget fires, on the collector's gauge, which matches the ledger.
         spent = _ledger(
