@@ -193,3 +193,15 @@ def test_the_readme_lists_every_alert_with_its_severity():
     section = readme.split("<!-- section: dashboards -->", 1)[1].split("<!-- section:", 1)[0]
     for rule in committed_alerts():
         assert f"| `{rule['alert']}` | {rule['labels']['severity']} |" in section, rule["alert"]
+
+
+def test_a_missing_binary_skips_with_the_install_command_but_fails_under_ci(monkeypatch: pytest.MonkeyPatch):
+    import promtools
+
+    monkeypatch.setattr(promtools.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"`promtool` not found on PATH: install it with `apt-get install"):
+        promtools.binary("promtool")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install prometheus"):
+        promtools.binary("promtool")
