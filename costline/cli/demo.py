@@ -6,7 +6,7 @@ import shlex
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,8 +18,10 @@ from collector.reports import Report, Window, cost_report, escalation_report, sa
 from costline.cli.app import app, console, fail
 from costline.cli.report import ReportFormat, render_report
 from costline.demo.profiles import CLAUDE_PROFILE, LOCAL_PROFILES, SPEEDUP
-from costline.demo.run import SQL_TO_TRY, Demo, DemoError, DemoOptions, DemoRun, wait_for_interrupt
 from costline.ledger_reader import LedgerError
+
+if TYPE_CHECKING:
+    from costline.demo.run import DemoRun
 
 
 @app.command()
@@ -42,6 +44,9 @@ def demo(
     ] = None,
 ) -> None:
     """The whole pipeline end to end on SIMULATED Ollama and Claude, then the cost reports."""
+    # Imported here: the router and the Anthropic SDK take a second to load, which every other command would pay.
+    from costline.demo.run import Demo, DemoError, DemoOptions, wait_for_interrupt
+
     options = DemoOptions(tasks, directory, concurrency, seed, quota, keep_serving, otlp_endpoint)
     demo_run = Demo(options, console)
     try:
@@ -121,6 +126,8 @@ def _print_reports(run: DemoRun) -> None:
         highlight=False,
     )
     if not match:
+        from costline.demo.run import DemoError
+
         raise DemoError(
             f"the ledger has {ledger.tasks} tasks and {ledger.attempts} attempts, but the router routed "
             f"{len(run.results)} tasks with {run.attempts} attempts"
@@ -198,6 +205,8 @@ def _print_where(run: DemoRun) -> None:
     console.print(f"  config   {config}   (costline report --config {config} --by model)", highlight=False)
     serving = "serving until Ctrl-C" if run.options.keep_serving else "stopped now; --keep-serving keeps it up"
     console.print(f"  metrics  {run.metrics_url}   ({serving})", highlight=False)
+    from costline.demo.run import SQL_TO_TRY
+
     console.print("\n[bold]Three queries to try[/bold]")
     for title, sql in SQL_TO_TRY:
         console.print(f"  # {title}", style="dim", highlight=False)
