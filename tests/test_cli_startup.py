@@ -1,0 +1,12 @@
+"""Every `costline` command loads the CLI; the heavy halves (router, Anthropic SDK) load only when used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_loading_the_cli_does_not_load_the_router_or_the_anthropic_sdk() -> None:
+    probe = "import sys, costline.cli; print(sorted(m for m in ('anthropic', 'router', 'ollama') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
