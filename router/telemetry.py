@@ -49,12 +49,16 @@ def build_tracer_provider(
 ) -> tuple[TracerProvider, ReportingExporter]:
     """A provider exporting over OTLP/HTTP with a batch processor; standard ``OTEL_*`` variables win."""
     env_endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    # The collector's ingest token (COSTLINE_INGEST_TOKEN), unless OTEL_EXPORTER_OTLP_*HEADERS say otherwise.
+    env_headers = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or os.environ.get("OTEL_EXPORTER_OTLP_HEADERS")
+    token = config.ingest_token
+    headers = {"Authorization": f"Bearer {token}"} if token and not env_headers else None
     if env_endpoint:
         endpoint = env_endpoint
-        otlp = OTLPSpanExporter(timeout=export_timeout_s)
+        otlp = OTLPSpanExporter(timeout=export_timeout_s, headers=headers)
     else:
         endpoint = config.telemetry.otlp_endpoint.rstrip("/") + TRACES_PATH
-        otlp = OTLPSpanExporter(endpoint=endpoint, timeout=export_timeout_s)
+        otlp = OTLPSpanExporter(endpoint=endpoint, timeout=export_timeout_s, headers=headers)
     exporter = ReportingExporter(otlp, endpoint)
     resource_attributes = (
         {} if os.environ.get("OTEL_SERVICE_NAME") else {attr.SERVICE_NAME: config.telemetry.service_name}
