@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from collector.service import Collector
 from costline import spans as S
 from costline.config import load_config, with_overrides
+from router.telemetry import ReportingExporter
 
 TASKS = 60
 ATTEMPTS_PER_TASK = 3
@@ -72,7 +73,8 @@ def run_exporter_through_faults(
     with Collector(_config(ledger)) as collector:
         with FlakyProxy(collector.otlp_url, weights=weights, seed=seed) as proxy:
             provider = TracerProvider(resource=Resource.create({"service.name": "fault-suite"}))
-            exporter = OTLPSpanExporter(endpoint=f"{proxy.url}/v1/traces", timeout=60)
+            # ReportingExporter counts the spans of exports that finally failed (retries exhausted).
+            exporter = ReportingExporter(OTLPSpanExporter(endpoint=f"{proxy.url}/v1/traces", timeout=60), proxy.url)
             provider.add_span_processor(SimpleSpanProcessor(memory))
             provider.add_span_processor(
                 BatchSpanProcessor(
@@ -94,7 +96,17 @@ def run_exporter_through_faults(
             con.close()
         metrics = scrape(collector.metrics_url)
     sent = [format(span.context.span_id, "016x") for span in memory.get_finished_spans()]
+    unique = set(stored)
     return {
+        "report": {
+            "sent": len(sent),
+            "acknowledged": len(sent) - exporter.spans_lost,
+            "stored": len(unique),
+            "duplicates": len(stored) - len(unique),
+            "lost": len(set(sent) - unique),
+            "faults injected": proxy.faults_injected,
+            "re-sends absorbed as duplicates": int(value(metrics, "costline_ingest_spans_total", result="duplicate")),
+        },
         "sent": sent,
         "stored": stored,
         "violations": broken,
@@ -108,6 +120,7 @@ def run_exporter_through_faults(
 def test_every_span_is_stored_exactly_once_through_503s_and_dropped_connections(tmp_path: Path) -> None:
     weights = {REFUSE_503: 0.15, DROP_BEFORE: 0.1, DROP_AFTER: 0.1, REPLACE_503: 0.15}
     seen = run_exporter_through_faults(tmp_path / "ledger.duckdb", tasks=TASKS, seed=7, weights=weights)
+    assert seen["report"]["acknowledged"] == len(seen["sent"])  # the SDK saw every export succeed
 
     sent, stored = seen["sent"], seen["stored"]
     assert len(sent) == TASKS * (ATTEMPTS_PER_TASK + 1)

@@ -95,12 +95,16 @@ def run_overload(workdir: Path, *, seconds: float, factor: float, seed: int, max
         assert value(metrics, "costline_ingest_spans_total", result="duplicate") == 0
         assert served.stop() == 0
         run.report = {
-            "capacity spans/s": round(run.capacity_spans_per_s),
-            "offered spans": run.offered_spans,
-            "503/429 answers": run.refusals,
-            "spans stored": len(stored),
+            "sent": len(expected),
+            "acknowledged": len(expected),  # every sender retried until 200
+            "stored": len(set(stored)),
+            "duplicates": len(stored) - len(set(stored)),
             "lost": len(set(expected) - set(stored)),
+            "capacity spans/s": round(run.capacity_spans_per_s),
+            "offered at 2x spans": run.offered_spans,
+            "503/429 answers": run.refusals,
             "peak RSS MiB": round(run.peak_rss_mb, 1),
+            "RSS growth MiB": round(run.peak_rss_mb - run.baseline_rss_mb, 1),
         }
     return run
 

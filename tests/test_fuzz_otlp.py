@@ -6,7 +6,6 @@ stays healthy, and no row that reaches the ledger breaks its invariants."""
 from __future__ import annotations
 
 import random
-import re
 import socket
 import urllib.request
 from collections import Counter
@@ -27,11 +26,12 @@ from faults.payloads import (
     to_json,
     to_protobuf,
 )
+from faults.rows import assert_rows_sound
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from collector.mapping import MAX_NAME_CHARS, MAX_TOKENS, MappedRequest, map_spans
+from collector.mapping import map_spans
 from collector.otlp_decode import DecodeError, decode_json, decode_protobuf
 from collector.price_cache import FastPricer
 from collector.service import Collector
@@ -39,9 +39,6 @@ from costline.config import load_config, with_overrides
 from costline.pricing import Pricer
 
 FUZZED: Counter[str] = Counter()  # inputs tried, by kind (bench/soak.py reports them)
-HEX32, HEX16 = re.compile("[0-9a-f]{32}"), re.compile("[0-9a-f]{16}")
-EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
-TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 ALLOWED_STATUSES = {200, 400, 413, 415}
 
 
@@ -57,30 +54,6 @@ def _config(ledger: Path | None = None):  # type: ignore[no-untyped-def]
 
 
 PRICER = FastPricer(Pricer(_config()))
-
-
-def assert_rows_sound(mapped: MappedRequest, now_ns: int) -> None:
-    """What the mapping hands to the ledger is accountable: ids, times, tokens, names, costs all sane."""
-    now = datetime.fromtimestamp(now_ns / 1e9, UTC)
-    for row in mapped.attempts.to_pylist():
-        assert HEX32.fullmatch(row["trace_id"]) and row["trace_id"] != "0" * 32, row
-        assert HEX16.fullmatch(row["span_id"]) and row["span_id"] != "0" * 16, row
-        assert row["parent_span_id"] is None or HEX16.fullmatch(row["parent_span_id"]), row
-        assert EPOCH_2000 <= row["start_time"] <= now + timedelta(days=1), row
-        assert row["end_time"] >= row["start_time"] and row["duration_s"] >= 0, row
-        counts = [row[k] for k in TOKENS]
-        assert all(c is None or 0 <= c <= MAX_TOKENS for c in counts), row
-        assert (row["cache_read_tokens"] or 0) + (row["cache_write_tokens"] or 0) <= (row["input_tokens"] or 0), row
-        assert row["provider"] and len(row["provider"]) <= MAX_NAME_CHARS, row
-        model = row["request_model"] or row["response_model"]
-        assert model and len(model) <= MAX_NAME_CHARS, row
-        assert row["outcome"] in ("success", "error")
-        for money in ("cost_usd", "counterfactual_usd", "reported_cost_usd"):
-            assert row[money] is None or row[money] >= 0, row
-    for row in mapped.tasks.to_pylist():
-        assert HEX32.fullmatch(row["trace_id"]) and HEX16.fullmatch(row["span_id"]), row
-        assert row["task_id"], row
-        assert EPOCH_2000 <= row["start_time"] <= now + timedelta(days=1) and row["end_time"] >= row["start_time"]
 
 
 def _decode_and_map(decode: Any, body: bytes) -> None:
