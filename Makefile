@@ -37,5 +37,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/router_overhead.py
 	$(BIN)/python bench/reports.py
 
+# The long fault and fuzz run (tests/test_faults_*.py, tests/test_fuzz_otlp.py at scale, kill -9 rounds, atheris when
+# it installs); prints spans sent/acknowledged/stored, duplicates, lost, faults injected, inputs fuzzed, crashes.
+soak: $(STAMP)
+	@$(BIN)/pip install --quiet atheris 2>/dev/null || echo "atheris does not install here: coverage-guided fuzzing is skipped"
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
