@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 from faults.ledger import stored_span_ids, violations
 from faults.metrics import scrape, value
@@ -67,11 +68,11 @@ def _emit(provider: TracerProvider, tasks: int, seed: int) -> None:
 
 def run_exporter_through_faults(
     ledger: Path, *, tasks: int, seed: int, weights: dict[str, float], batch_size: int = 20
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Emit ``tasks`` tasks through the real SDK → flaky proxy → collector; return what each side saw."""
     memory = InMemorySpanExporter()
     with Collector(_config(ledger)) as collector:
-        with FlakyProxy(collector.otlp_url, weights=weights, seed=seed) as proxy:
+        with FlakyProxy(collector.otlp_url, weights=weights, seed=seed, first=FAULTS) as proxy:
             provider = TracerProvider(resource=Resource.create({"service.name": "fault-suite"}))
             # ReportingExporter counts the spans of exports that finally failed (retries exhausted).
             exporter = ReportingExporter(OTLPSpanExporter(endpoint=f"{proxy.url}/v1/traces", timeout=60), proxy.url)

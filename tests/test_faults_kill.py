@@ -97,6 +97,12 @@ def run_kill9(
         assert value(before, "costline_ingest_spans_total", result="stored") == attempts + tasks
         assert total(before, "costline_attempts_total") == attempts
         assert total(before, "costline_tasks_total") == tasks
+        input_tokens, output_tokens, cost = query(
+            "SELECT sum(input_tokens), sum(output_tokens), sum(cost_usd)::DOUBLE FROM attempts"
+        )[0]
+        assert total(before, "costline_tokens_total", type="input") == input_tokens
+        assert total(before, "costline_tokens_total", type="output") == output_tokens
+        assert abs(total(before, "costline_cost_usd_total") - cost) < 1e-9
 
         # The senders re-send everything they have no 200 for, and some acknowledged batches too.
         run.resent = [i for i in range(batches) if i not in acked_at_kill or rng.random() < resend_acked]

@@ -60,11 +60,11 @@ def run_overload(workdir: Path, *, seconds: float, factor: float, seed: int, max
         url = served.traces_url
         run.baseline_rss_mb = served.peak_rss_mb()
 
-        # Capacity: what the collector commits with as many closed-loop senders as the queue holds requests
-        # (so none is ever refused).
+        # Capacity: what the collector commits with one closed-loop sender fewer than the queue holds requests
+        # (a sender's next request may arrive just before its last one leaves the queue's count), so none is refused.
         warmup = [make_batch(rng, ATTEMPTS_PER_BATCH) for _ in range(200)]
         started = time.perf_counter()
-        with ThreadPoolExecutor(max(1, max_queued_spans // (ATTEMPTS_PER_BATCH + 1))) as pool:
+        with ThreadPoolExecutor(max(1, max_queued_spans // (ATTEMPTS_PER_BATCH + 1) - 1)) as pool:
             list(pool.map(lambda b: _deliver(url, b, run, lock), warmup))
         run.capacity_spans_per_s = sum(b.span_count for b in warmup) / (time.perf_counter() - started)
         sent += warmup

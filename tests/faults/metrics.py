@@ -27,6 +27,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def total(samples: Samples, name: str) -> float:
-    """The sum of a family's samples over all label sets."""
-    return sum(v for (n, _), v in samples.items() if n == name)
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of a family's samples over all label sets (that include ``labels``)."""
+    wanted = set(labels.items())
+    return sum(v for (n, got), v in samples.items() if n == name and wanted <= got)

@@ -21,8 +21,8 @@ import socket
 import struct
 import threading
 import urllib.parse
-from collections import Counter
-from collections.abc import Mapping
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -44,8 +44,10 @@ class FlakyProxy:
         seed: int = 0,
         max_faults_per_body: int = 2,
         record: bool = False,
+        first: Sequence[str] = (),
     ) -> None:
-        """``weights``: probability of each fault per request (the rest passes)."""
+        """``weights``: probability of each fault per request (the rest passes); ``first``: faults for the first
+        requests, in order, before the random draw takes over (so a short run sees every kind)."""
         parts = urllib.parse.urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.weights = dict(weights or {})
@@ -58,6 +60,7 @@ class FlakyProxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._faults_per_body: Counter[bytes] = Counter()
+        self._scripted = deque(first)
         proxy = self
 
         class Handler(_ProxyHandler):
@@ -75,17 +78,20 @@ class FlakyProxy:
         with self._lock:
             fault = PASS
             if self._faults_per_body[digest] < self.max_faults_per_body:
-                roll = self._rng.random()
-                for name in FAULTS:
-                    weight = self.weights.get(name, 0.0)
-                    if roll < weight:
-                        fault = name
-                        break
-                    roll -= weight
+                fault = self._scripted.popleft() if self._scripted else self._draw()
             if fault != PASS:
                 self._faults_per_body[digest] += 1
             self.faults[fault] += 1
         return fault
+
+    def _draw(self) -> str:
+        roll = self._rng.random()
+        for name in FAULTS:
+            weight = self.weights.get(name, 0.0)
+            if roll < weight:
+                return name
+            roll -= weight
+        return PASS
 
     def __enter__(self) -> FlakyProxy:
         threading.Thread(target=self._server.serve_forever, name="flaky-proxy", daemon=True).start()
