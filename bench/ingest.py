@@ -345,7 +345,7 @@ def _start_py_spy(pid: int, directory: Path, preload: int) -> subprocess.Popen[b
     out = directory / f"collector-preload-{preload}.txt"
     return subprocess.Popen(
         [
-            "py-spy",
+            shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
             "record",
             "--pid",
             str(pid),
@@ -394,6 +394,7 @@ def run_once(
         gen = mp.Process(
             target=_generator,
             args=(f"http://127.0.0.1:{otlp_port}", seed, base_ns, batches, connections, ready, go, out),
+            daemon=True,  # never outlives a failed run
         )
         gen.start()
         ready.wait(600)
@@ -505,14 +506,15 @@ def print_table(results: list[RunResult], empty: RunResult | None) -> None:
     print()
     print(
         f"{'preload':>10} {'spans':>10} {'e2e/s':>8} {'parse/s':>8} {'insert/s':>9} {'limit/s':>8} "
-        f"{'e2e/limit':>9} {'vs empty':>8} {'RSS MB':>7} {'503s':>5} durable"
+        f"{'e2e/limit':>9} {'vs empty':>8} {'RSS MB':>7} {'tree MB':>7} {'503s':>5} durable"
     )
     for r in results:
         vs_empty = f"{r.e2e_spans_per_s / empty.e2e_spans_per_s:.0%}" if empty and empty.e2e_spans_per_s else "-"
         print(
             f"{r.preload:>10,} {r.spans:>10,} {r.e2e_spans_per_s:>8,} {r.parse_spans_per_s:>8,} "
             f"{r.insert_spans_per_s:>9,} {r.limit_spans_per_s:>8,} {r.share_of_limit:>9.0%} {vs_empty:>8} "
-            f"{r.rss_peak_mb:>7.0f} {r.retries_503:>5} {'yes' if r.durable else 'NO'} ({r.stored_rows:,} rows)"
+            f"{r.rss_peak_mb:>7.0f} {r.rss_tree_peak_mb:>7.0f} {r.retries_503:>5} "
+            f"{'yes' if r.durable else 'NO'} ({r.stored_rows:,} rows)"
         )
     print()
     print("CPU per span (noise-robust): alone parse+map + insert = limit; the collector's processes end to end")
