@@ -137,9 +137,9 @@ def main() -> int:
         soak = Soak(Path(tmp))
         soak.phase("exporter retries through a flaky proxy", exporter_phase(n(1500), seed=1))
         for round_ in range(3):
-            soak.phase(f"kill -9 under load, round {round_ + 1}", kill_phase(n(3000), seed=100 + round_))
+            soak.phase(f"kill -9 under load, round {round_ + 1}", kill_phase(n(2500), seed=100 + round_))
         soak.phase("overload at 2x capacity", overload_phase(max(2.0, 20 * args.scale), seed=7))
-        soak.phase("fuzz: decode, mapping and a live collector", fuzz_phase(n(5000), n(2000)))
+        soak.phase("fuzz: decode, mapping and a live collector", fuzz_phase(n(4000), n(1000)))
         try:
             import atheris  # noqa: F401
         except ImportError:
