@@ -10,6 +10,7 @@ import socket
 import urllib.request
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -256,3 +257,41 @@ def test_a_list_or_map_where_a_name_belongs_is_accounted_not_a_dropped_connectio
         finally:
             con.close()
     assert [row[0] for row in stored] == [bytes([n, 1, 2, 3, 4, 5, 6, 7]).hex() for n in (1, 2, 3)]
+
+
+def test_an_absurd_carried_cost_is_dropped_and_the_call_still_accounted(tmp_path: Path) -> None:
+    """Found by the fuzzer: gen_ai.usage.cost = 1e30 made Decimal.quantize raise, and the whole span (tokens and
+    all) was rejected; a carried cost out of the ledger's range is ignored like any other unusable carried cost."""
+    start = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp()) * 1_000_000_000
+    spans = [
+        {
+            "trace_id": bytes(range(1, 17)),
+            "span_id": bytes([n, 9, 9, 9, 9, 9, 9, 9]),
+            "parent_span_id": b"",
+            "name": "chat",
+            "kind": 3,
+            "start": start,
+            "end": start + 10**9,
+            "status": 1,
+            "attributes": {
+                "gen_ai.provider.name": "ollama",
+                "gen_ai.request.model": "qwen3:8b",
+                "gen_ai.usage.input_tokens": 10,
+                "gen_ai.usage.cost": cost,
+            },
+        }
+        for n, cost in ((1, 1e30), (2, "1E+40"), (3, 10**25), (4, 0.25))
+    ]
+    with Collector(_config(tmp_path / "ledger.duckdb")) as collector:
+        answer = post(f"{collector.otlp_url}/v1/traces", to_protobuf(spans))
+        assert answer.status == 200
+        assert ExportTraceServiceResponse.FromString(answer.body).partial_success.rejected_spans == 0
+        con = collector.connection
+        try:
+            stored = con.execute(
+                "SELECT span_id, input_tokens, reported_cost_usd FROM attempts ORDER BY span_id"
+            ).fetchall()
+        finally:
+            con.close()
+    ids = [bytes([n, 9, 9, 9, 9, 9, 9, 9]).hex() for n in (1, 2, 3, 4)]
+    assert stored == [(ids[0], 10, None), (ids[1], 10, None), (ids[2], 10, None), (ids[3], 10, Decimal("0.25"))]
