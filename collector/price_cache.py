@@ -23,6 +23,7 @@ NANO = Decimal("0.000000001")
 _PICO_PER_USD = 10**12
 _HOUR_NS = 3600 * 1_000_000_000
 _MAX_NANOS = 10**18 - 1  # DECIMAL(18, 9) holds less than $1e9
+_MAX_USD = Decimal(10**9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,7 @@ _DIRECT = object()  # ask the Pricer every time (cheap paths, or prices that are
 
 def usd_to_nanos(usd: Decimal | None) -> int | None:
     """Dollars → whole nano-dollars, rounded half-even; None when missing or out of the ledger's range."""
-    if usd is None or not usd.is_finite():
+    if usd is None or not usd.is_finite() or abs(usd) >= _MAX_USD:  # quantize would overflow the context
         return None
     nanos = int(usd.quantize(NANO).scaleb(9))
     return nanos if -_MAX_NANOS <= nanos <= _MAX_NANOS else None
