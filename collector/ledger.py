@@ -32,7 +32,7 @@ from collector.views import create_views
 log = logging.getLogger(__name__)
 
 PARENT_WINDOW = timedelta(hours=1)  # a nested span's parent started at most an hour before it
-DEFAULT_MEMORY_LIMIT = "192MB"
+DEFAULT_MEMORY_LIMIT = "96MB"  # DuckDB's buffer pool; ingest and scrapes need little, big queries spill
 
 _BACKFILL_KEYS = """
 UPDATE {table} SET span_key = xor(('0x' || span_id)::UBIGINT, ('0x' || right(trace_id, 16))::UBIGINT)

@@ -32,7 +32,7 @@ class Collector:
     def __init__(self, config: Config) -> None:
         self.config = config
         col = config.collector
-        self._con = open_ledger(col.ledger)
+        self._con = open_ledger(col.ledger, memory_limit=f"{col.ledger_memory_mb}MB")
         try:
             self._token = config.ingest_token
             self.metrics = LedgerMetrics(config, self._con.cursor)

@@ -90,7 +90,8 @@ class CollectorConfig:
     max_request_bytes: int = 16 * 1024 * 1024  # after decompression
     max_queued_spans: int = 200_000  # beyond this, ingest answers 503 with Retry-After
     flush_interval_s: float = 0.05  # longest a request waits for its batch to commit
-    decode_workers: int = 2  # processes that decode large OTLP requests; 0 decodes in the collector process
+    ledger_memory_mb: int = 96  # DuckDB memory limit of the collector's ledger; larger queries spill to disk
+    decode_workers: int = 1  # processes that decode large OTLP requests (with the collector's own); 0: in-process only
 
 
 @dataclass(frozen=True)
@@ -330,6 +331,13 @@ def _validate(c: Config) -> None:
     _check(col.max_request_bytes > 0, "collector.max_request_bytes", col.max_request_bytes, "must be > 0", s)
     _check(col.max_queued_spans > 0, "collector.max_queued_spans", col.max_queued_spans, "must be > 0", s)
     _check(col.flush_interval_s > 0, "collector.flush_interval_s", col.flush_interval_s, "must be > 0", s)
+    _check(
+        col.ledger_memory_mb >= 16,
+        "collector.ledger_memory_mb",
+        col.ledger_memory_mb,
+        "must be >= 16 (MB of memory DuckDB may use for the ledger)",
+        s,
+    )
     _check(
         0 <= col.decode_workers <= 64,
         "collector.decode_workers",
