@@ -27,7 +27,7 @@ from faults.payloads import (
     to_json,
     to_protobuf,
 )
-from faults.rows import assert_rows_sound
+from faults.rows import UNFORESEEN, assert_rows_sound
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
@@ -129,7 +129,8 @@ def fuzz_http(collector: Collector, examples: int) -> Counter[int]:
         assert answer.status in ALLOWED_STATUSES, (answer.status, answer.body[:300])
         statuses[answer.status] += 1
         if answer.status == 200 and content_type == "application/x-protobuf":
-            ExportTraceServiceResponse.FromString(answer.body)  # a well-formed answer, partial_success or not
+            response = ExportTraceServiceResponse.FromString(answer.body)  # well-formed, partial_success or not
+            assert UNFORESEEN not in response.partial_success.error_message, response
 
     request()
     return statuses

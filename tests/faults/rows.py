@@ -9,11 +9,15 @@ from collector.mapping import MAX_NAME_CHARS, MAX_TOKENS, MappedRequest
 
 HEX32, HEX16 = re.compile("[0-9a-f]{32}"), re.compile("[0-9a-f]{16}")
 EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
+UNFORESEEN = "span could not be read"
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
 
 def assert_rows_sound(mapped: MappedRequest, now_ns: int) -> None:
     """What the mapping hands to the ledger is accountable: ids, times, tokens, names, costs all sane."""
+    # The mapping turns an exception it did not foresee into this rejection: for the fuzzer, that is a crash.
+    unforeseen = [reason for reason in mapped.rejected if reason.startswith(UNFORESEEN)]
+    assert not unforeseen, unforeseen
     now = datetime.fromtimestamp(now_ns / 1e9, UTC)
     for row in mapped.attempts.to_pylist():
         assert HEX32.fullmatch(row["trace_id"]) and row["trace_id"] != "0" * 32, row
