@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from costline.pricing import SOURCE_GENAI_PRICES, SOURCE_UNPRICED, Pricer, TokenUsage
+from costline.pricing import SOURCE_GENAI_PRICES, SOURCE_LOCAL_FREE, SOURCE_UNPRICED, Pricer, TokenUsage
 
 LINEAR_UP_TO = 100_000  # input tokens; catalogue tiers start above this (e.g. Claude's long context at 200k)
 NANO = Decimal("0.000000001")
@@ -46,6 +46,7 @@ class _Rates:
 
 
 _DIRECT = object()  # ask the Pricer every time (cheap paths, or prices that are not linear)
+_FREE = object()  # a local model without a compute rate
 
 
 def usd_to_nanos(usd: Decimal | None) -> int | None:
@@ -94,6 +95,8 @@ class FastPricer:
                 if len(self._rates) > 50_000:  # bounded: old hours and odd model names do not pile up
                     self._rates.clear()
                 self._rates[key] = rates
+        if rates is _FREE:
+            return 0, SOURCE_LOCAL_FREE
         if rates.__class__ is _Rates and input_tokens <= LINEAR_UP_TO:
             pico = rates.pico(input_tokens, output_tokens, cache_read, cache_write)  # type: ignore[attr-defined]
             return pico_to_nanos(pico), SOURCE_GENAI_PRICES
@@ -112,6 +115,13 @@ class FastPricer:
         ]
 
     def _derive(self, provider: str, model: str, hour: datetime) -> object:
+        probes = [
+            self._pricer.price(provider, model, TokenUsage(*counts), at=hour, compute_seconds=seconds)
+            for counts, seconds in (((1000, 1000, 0, 0), 1.0), ((5, 7, 1, 1), 3600.0), ((0, 0, 0, 0), None))
+        ]
+        if all(p.source == SOURCE_LOCAL_FREE and p.usd == 0 for p in probes):
+            return _FREE  # a local model at no compute rate: always $0, whatever the tokens or seconds
+
         def p(**counts: int) -> Decimal | None:
             price = self._pricer.price(provider, model, TokenUsage(**counts), at=hour, compute_seconds=1.0)
             return price.usd if price.source == SOURCE_GENAI_PRICES else None
