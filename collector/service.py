@@ -104,7 +104,13 @@ class Collector:
         self._con.close()
 
     def __enter__(self) -> Collector:
-        return self.start() if not self._started else self
+        if not self._started:
+            try:
+                self.start()
+            except BaseException:
+                self.stop()  # a port in use must not leave the ledger locked
+                raise
+        return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import json
 import multiprocessing
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -370,3 +372,14 @@ def test_worker_processes_decode_large_requests(tmp_path: Path) -> None:
     assert malformed[0] == 400
     assert status_pb2.Status.FromString(malformed[2]).message.startswith("not an OTLP ExportTraceServiceRequest")
     assert stored == [(40, Decimal("0.010035") * 40)]
+
+
+def test_a_port_in_use_fails_start_and_releases_the_ledger(tmp_path: Path) -> None:
+    config = collector_config(tmp_path / "ledger.duckdb")
+    with Collector(config) as first:
+        port = int(first.otlp_url.rsplit(":", 1)[1])
+        clash = collector_config(tmp_path / "other.duckdb", collector={"otlp_port": port})
+        with pytest.raises(OSError), Collector(clash):
+            pass
+    probe = "import duckdb, sys; duckdb.connect(sys.argv[1]).close()"  # another process can take the file
+    subprocess.run([sys.executable, "-c", probe, str(tmp_path / "other.duckdb")], check=True, timeout=60)
