@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import threading
 import zlib
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,6 +42,28 @@ JSON = "application/json"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 MAX_QUERY_BODY = 1024 * 1024
 COMMIT_TIMEOUT_S = 60.0
+MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
+
+
+class InFlightBytes:
+    """Bounds the request bodies held at once (read, decompressed, being decoded): beyond the bound the receiver
+    answers 503 with Retry-After at once, so memory stays bounded however many senders connect. A request is
+    always admitted when nothing else is in flight."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit, self._held = limit, 0
+        self._lock = threading.Lock()
+
+    def try_acquire(self, n: int) -> bool:
+        with self._lock:
+            if self._held and self._held + n > self._limit:
+                return False
+            self._held += n
+            return True
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self._held -= n
 
 
 class _Server(ThreadingHTTPServer):
@@ -121,7 +144,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class OtlpHandler(_Handler):
-    """Bound to a server that has ``decoder``, ``writer``, ``max_bytes``, ``token`` and ``ready`` attributes."""
+    """Bound to a server that has ``decoder``, ``writer``, ``in_flight``, ``max_bytes``, ``token`` and ``ready``."""
 
     def do_GET(self) -> None:
         if not self._probe():
@@ -156,9 +179,30 @@ class OtlpHandler(_Handler):
                 "text/plain; charset=utf-8",
             )
             return
-        body = self._read_body(server.max_bytes, answer_json)
-        if body is None:
+        gate: InFlightBytes = server.in_flight
+        held = min(self._content_length() or 0, server.max_bytes)
+        if not gate.try_acquire(held):
+            self.close_connection = True  # the body is not read
+            self._busy(answer_json)
             return
+        try:
+            body = self._read_body(server.max_bytes, answer_json)
+            if body is None:
+                return
+            if len(body) > held:  # gzip: hold the inflated size too
+                if not gate.try_acquire(len(body) - held):
+                    self._busy(answer_json)
+                    return
+                held = len(body)
+            self._ingest(server, body, answer_json)
+        finally:
+            gate.release(held)
+
+    def _busy(self, answer_json: bool) -> None:
+        message = "the collector is busy decoding other requests; retry shortly"
+        self._status(503, code_pb2.UNAVAILABLE, message, answer_json, {"Retry-After": "1"})
+
+    def _ingest(self, server: Any, body: bytes, answer_json: bool) -> None:
         try:
             mapped: MappedRequest = server.decoder(body, answer_json)
         except DecodeError as exc:

@@ -11,7 +11,7 @@ from types import TracebackType
 import duckdb
 
 from collector.decode_pool import Decoder
-from collector.http import MetricsHandler, OtlpHandler, is_loopback, make_server
+from collector.http import MAX_IN_FLIGHT_BYTES, InFlightBytes, MetricsHandler, OtlpHandler, is_loopback, make_server
 from collector.ledger import LedgerWriter, WriteResult, open_ledger
 from collector.metrics import LedgerMetrics, make_registry
 from collector.price_cache import FastPricer
@@ -77,6 +77,7 @@ class Collector:
         otlp.decoder = self.decoder  # type: ignore[attr-defined]
         otlp.writer = self._writer  # type: ignore[attr-defined]
         otlp.max_bytes = col.max_request_bytes  # type: ignore[attr-defined]
+        otlp.in_flight = InFlightBytes(max(MAX_IN_FLIGHT_BYTES, col.max_request_bytes))  # type: ignore[attr-defined]
         metrics.registry = self.registry  # type: ignore[attr-defined]
         metrics.reader = self._con.cursor  # type: ignore[attr-defined]
         self._servers = [otlp, metrics]

@@ -383,3 +383,34 @@ def test_a_port_in_use_fails_start_and_releases_the_ledger(tmp_path: Path) -> No
             pass
     probe = "import duckdb, sys; duckdb.connect(sys.argv[1]).close()"  # another process can take the file
     subprocess.run([sys.executable, "-c", probe, str(tmp_path / "other.duckdb")], check=True, timeout=60)
+
+
+def test_too_many_bodies_in_flight_answer_503_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    release, entered = threading.Event(), threading.Event()
+    original = ledger_module.LedgerWriter.write
+
+    def slow_write(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+        entered.set()
+        assert release.wait(10)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ledger_module.LedgerWriter, "write", slow_write)
+    body = _json_body(_json_span("00000000000000f1", **_claude()))
+    monkeypatch.setattr("collector.service.MAX_IN_FLIGHT_BYTES", 1)  # the bound: one body, not two
+    config = collector_config(tmp_path / "ledger.duckdb", collector={"max_request_bytes": len(body) + 10})
+    with Collector(config) as collector:
+        url = f"{collector.otlp_url}/v1/traces"
+        first: list[int] = []
+        sender = threading.Thread(target=lambda: first.append(_post(url, body, "application/json")[0]))
+        sender.start()
+        assert entered.wait(10)
+        second = _json_body(_json_span("00000000000000f2", **_claude()))
+        status, headers, answer = _post(url, second, "application/json")
+        release.set()
+        sender.join(10)
+        again = _post(url, second, "application/json")
+        stored = rows(collector, "SELECT span_id FROM attempts ORDER BY span_id")
+    assert (status, headers["Retry-After"]) == (503, "1")
+    assert json.loads(answer)["message"] == "the collector is busy decoding other requests; retry shortly"
+    assert first == [200] and again[0] == 200
+    assert stored == [("00000000000000f1",), ("00000000000000f2",)]
