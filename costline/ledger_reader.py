@@ -117,7 +117,8 @@ class LedgerReader:
     def _connect_read_only(self) -> duckdb.DuckDBPyConnection | None:
         """A read-only connection, or None when the collector (another connection) holds the file."""
         try:
-            con = duckdb.connect(str(self.source.path), read_only=True)
+            # No file access beyond the ledger: `costline sql` must not become a way to read other files.
+            con = duckdb.connect(str(self.source.path), read_only=True, config={"enable_external_access": False})
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
                 return None

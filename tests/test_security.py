@@ -308,3 +308,11 @@ def test_report_options_are_checked_not_spliced_into_sql(sql_ledger, args, messa
     assert result.exit_code == 2, result.output  # a usage error naming the option, before any SQL runs
     assert message in result.output
     assert _fingerprint(ledger) == before
+
+
+@pytest.mark.parametrize("statement", FILE_READS)
+def test_costline_sql_cannot_read_other_files_from_the_ledger_file(sql_ledger, statement) -> None:
+    _, config = sql_ledger
+    result = CliRunner().invoke(app, ["sql", statement, "--config", str(config)])
+    assert result.exit_code != 0
+    assert "root:" not in result.output and "file system operations are disabled" in result.output
