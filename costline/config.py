@@ -89,7 +89,6 @@ class CollectorConfig:
     ledger: str = "costline.duckdb"
     max_request_bytes: int = 16 * 1024 * 1024  # after decompression
     max_queued_spans: int = 200_000  # beyond this, ingest answers 503 with Retry-After
-    flush_interval_s: float = 0.05  # longest a request waits for its batch to commit
     ledger_memory_mb: int = 96  # DuckDB memory limit of the collector's ledger; larger queries spill to disk
     decode_workers: int = 1  # processes that decode large OTLP requests (with the collector's own); 0: in-process only
 
@@ -330,7 +329,6 @@ def _validate(c: Config) -> None:
     _check(bool(col.ledger), "collector.ledger", col.ledger, 'name a DuckDB file, e.g. "costline.duckdb"', s)
     _check(col.max_request_bytes > 0, "collector.max_request_bytes", col.max_request_bytes, "must be > 0", s)
     _check(col.max_queued_spans > 0, "collector.max_queued_spans", col.max_queued_spans, "must be > 0", s)
-    _check(col.flush_interval_s > 0, "collector.flush_interval_s", col.flush_interval_s, "must be > 0", s)
     _check(
         col.ledger_memory_mb >= 16,
         "collector.ledger_memory_mb",
