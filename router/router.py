@@ -18,7 +18,7 @@ from costline.config import Config
 from costline.pricing import Pricer, TokenUsage, is_deprecated
 from router import policy
 from router.errors import ProviderFailure
-from router.providers import Reply
+from router.providers import Endpoint, Reply
 from router.providers.anthropic import AnthropicProvider
 from router.providers.ollama import OllamaProvider
 from router.task import AttemptRecord, Task, TaskResult
@@ -261,19 +261,18 @@ class _TaskRun:
         compute = reply.compute_seconds if reply is not None else failure.compute_seconds if failure else None
         usage = reply.usage if reply is not None else TokenUsage()
         cost = self.router.pricer.price(attr.PROVIDER_OLLAMA, step.model, usage, compute_seconds=compute).usd
-        record = self._book(
-            step.tier, attr.PROVIDER_OLLAMA, step.model, reply, failure, cost, start, end, None, compute
-        )
-        self.router.telemetry.record_attempt(
-            self.span,
-            self.task,
-            record,
-            start_ns=start,
-            end_ns=end,
+        self._book(
+            step.tier,
+            attr.PROVIDER_OLLAMA,
+            step.model,
+            reply,
+            failure,
+            cost,
+            start,
+            end,
+            None,
             endpoint=self.router._ollama.endpoint,
-            reply=reply,
-            system=self.task.system,
-            messages=self.task.conversation(),
+            compute_seconds=compute,
         )
         if failure is None:
             self.text = reply.text if reply else None
@@ -287,18 +286,16 @@ class _TaskRun:
     def on_refused(self, step: _Escalate, refusal: Refusal, at: int) -> None:
         failure = ProviderFailure(refusal.error_type, refusal.message)
         record = self._book(
-            "escalation", attr.PROVIDER_ANTHROPIC, step.model, None, failure, Decimal(0), at, at, step.reason
-        )
-        self.router.telemetry.record_attempt(
-            self.span,
-            self.task,
-            record,
-            start_ns=at,
-            end_ns=at,
+            "escalation",
+            attr.PROVIDER_ANTHROPIC,
+            step.model,
+            None,
+            failure,
+            Decimal(0),
+            at,
+            at,
+            step.reason,
             endpoint=None,
-            reply=None,
-            system=self.claude_system(),
-            messages=self.claude_messages(),
         )
         log.warning("task %s: escalation refused: %s", self.task.id, refusal.message)
         self.refusal, self.headline, self.escalation_over = refusal, refusal.message, True
@@ -312,18 +309,16 @@ class _TaskRun:
         if reply is not None:
             cost = self.router.pricer.price(attr.PROVIDER_ANTHROPIC, step.model, reply.usage).usd
         record = self._book(
-            "escalation", attr.PROVIDER_ANTHROPIC, step.model, reply, failure, cost, start, end, step.reason
-        )
-        self.router.telemetry.record_attempt(
-            self.span,
-            self.task,
-            record,
-            start_ns=start,
-            end_ns=end,
+            "escalation",
+            attr.PROVIDER_ANTHROPIC,
+            step.model,
+            reply,
+            failure,
+            cost,
+            start,
+            end,
+            step.reason,
             endpoint=self.router._claude.endpoint,
-            reply=reply,
-            system=self.claude_system(),
-            messages=self.claude_messages(),
         )
         if failure is None:
             self.text = reply.text if reply else None
@@ -361,8 +356,11 @@ class _TaskRun:
         start: int,
         end: int,
         reason: str | None,
+        *,
+        endpoint: Endpoint | None,
         compute_seconds: float | None = None,
     ) -> AttemptRecord:
+        """Record one attempt: on the task's list, and as its span."""
         usage = reply.usage if reply is not None else TokenUsage()
         record = AttemptRecord(
             index=len(self.attempts),
@@ -382,6 +380,18 @@ class _TaskRun:
             compute_seconds=compute_seconds,
         )
         self.attempts.append(record)
+        local = provider == attr.PROVIDER_OLLAMA
+        self.router.telemetry.record_attempt(
+            self.span,
+            self.task,
+            record,
+            start_ns=start,
+            end_ns=end,
+            endpoint=endpoint,
+            reply=reply,
+            system=self.task.system if local else self.claude_system(),
+            messages=self.task.conversation() if local else self.claude_messages(),
+        )
         return record
 
     # -- the end ------------------------------------------------------------------------------------------------
