@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -40,18 +39,6 @@ MODEL = "qwen2.5-coder:14b"
 PROMPT = "Summarise the following paragraph in one sentence: the quarterly numbers were flat, costs went down."
 TARGET_CPU_US = 250
 TARGET_WALL_SHARE = 0.05
-
-
-class NoDelayFakeOllama(FakeOllama):
-    """The simulated server with TCP_NODELAY on each connection, as real Ollama has (Go sets it by default).
-
-    Without it, each streamed chunk after the first waits for the client's delayed ACK (about 40 ms on Linux), so
-    every call would take ~45 ms whatever the latency asked for, hiding the very overhead this measures.
-    """
-
-    def _track(self, conn: socket.socket) -> None:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super()._track(conn)
 
 
 class DeadEndExporter(SpanExporter):
@@ -80,7 +67,7 @@ def _calls(fn: Callable[[], None], n: int, wall: list[float], thread_cpu: list[f
 
 
 def measure(latency_s: float, tasks: int, rounds: int, workdir: Path) -> dict[str, float]:
-    with NoDelayFakeOllama(models=(MODEL,)) as fake:
+    with FakeOllama(models=(MODEL,)) as fake:
         fake.set_default(MODEL, OllamaReply(content="Flat numbers, lower costs.", delay_s=latency_s, chunks=4))
         config = with_overrides(
             Config(),

@@ -81,6 +81,9 @@ class Exchange(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # As real Ollama (Go) and the Anthropic API do: without it each streamed chunk after the first waits for
+        # the client's delayed ACK (~40 ms on Linux), whatever latency the simulation asked for.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.fake._track(self.connection)
 
     def finish(self) -> None:
