@@ -13,10 +13,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from genai_prices import Usage as _GPUsage
-from genai_prices import calc_price as _gp_calc_price
-from genai_prices import data_snapshot as _gp_snapshot
-
 from costline.config import Config, ConfigError, ModelPrice
 
 log = logging.getLogger(__name__)
@@ -108,6 +104,8 @@ class Pricer:
 
 def is_deprecated(provider: str, model: str) -> bool:
     """True when the bundled price data marks the model as deprecated by its provider."""
+    from genai_prices import data_snapshot as _gp_snapshot  # heavy (~90 ms): only pricing needs it
+
     try:
         _, info = _gp_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
     except LookupError:
@@ -138,6 +136,10 @@ def _hour(at: datetime | None) -> datetime:
 
 @functools.lru_cache(maxsize=65536)
 def _catalogue_price(provider: str, model: str, usage: TokenUsage, hour: datetime) -> Price:
+    # Imported here, not at the top: `costline report` and the views import this module for constants only.
+    from genai_prices import Usage as _GPUsage
+    from genai_prices import calc_price as _gp_calc_price
+
     gp_usage = _GPUsage(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,

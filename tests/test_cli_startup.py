@@ -10,3 +10,12 @@ def test_loading_the_cli_does_not_load_the_router_or_the_anthropic_sdk() -> None
     probe = "import sys, costline.cli; print(sorted(m for m in ('anthropic', 'router', 'ollama') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_loading_the_cli_does_not_load_price_data_metrics_parsing_or_parquet() -> None:
+    # genai_prices (~90 ms) is for pricing calls, prometheus_client for the demo's summary and the collector,
+    # pyarrow.parquet for `costline export`: `costline report` needs none of them.
+    heavy = ("genai_prices", "prometheus_client", "pyarrow.parquet")
+    probe = f"import sys, costline.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

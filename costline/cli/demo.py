@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from prometheus_client.parser import text_string_to_metric_families
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -181,6 +180,8 @@ def _print_headroom(run: DemoRun) -> None:
 def _headroom_gauges(metrics_text: str | None) -> list[str]:
     if not metrics_text:
         return []
+    from prometheus_client.parser import text_string_to_metric_families  # ~40 ms: only the demo's summary uses it
+
     shown = []
     for family in text_string_to_metric_families(metrics_text):
         if family.name in ("costline_quota_headroom_ratio", "costline_budget_headroom_ratio"):

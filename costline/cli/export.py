@@ -8,7 +8,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
-import pyarrow.parquet as pq
 import typer
 
 from costline.cli.app import ConfigOption, app, console, fail, load_or_exit
@@ -68,6 +67,8 @@ def partition_days(reader: LedgerReader, table: str) -> list[date]:
 
 def export_table(reader: LedgerReader, table: str, days: list[date], target: Path) -> int:
     """Write one table day by day, so memory holds one day at a time even when the collector serves the rows."""
+    import pyarrow.parquet as pq  # only the export writes Parquet; every other command starts without it
+
     if table not in TABLES:
         raise ValueError(table)
     target.mkdir(parents=True)
