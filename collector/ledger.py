@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -33,6 +34,12 @@ log = logging.getLogger(__name__)
 
 PARENT_WINDOW = timedelta(hours=1)  # a nested span's parent started at most an hour before it
 DEFAULT_MEMORY_LIMIT = "96MB"  # DuckDB's buffer pool; ingest and scrapes need little, big queries spill
+# DuckDB checkpoints inside the COMMIT that grows the WAL past this, stalling that write (its default is 16 MB).
+# Rows committed since the last checkpoint stay in the buffer pool, so the threshold is a share of memory_limit;
+# the writer checkpoints when its queue runs empty instead (LedgerWriter.checkpoint), between bursts.
+CHECKPOINT_SHARE_OF_MEMORY = 0.5
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)\s*$", re.IGNORECASE)
+_UNIT = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 _BACKFILL_KEYS = """
 UPDATE {table} SET span_key = xor(('0x' || span_id)::UBIGINT, ('0x' || right(trace_id, 16))::UBIGINT)
@@ -73,6 +80,7 @@ def open_ledger(path: str | os.PathLike[str], *, memory_limit: str = DEFAULT_MEM
             str(file),
             config={
                 "memory_limit": memory_limit,
+                "checkpoint_threshold": checkpoint_threshold(memory_limit),
                 "preserve_insertion_order": False,
                 # Queries served to clients run on this database: no reading or writing of other files.
                 "enable_external_access": False,
@@ -100,6 +108,15 @@ def open_ledger(path: str | os.PathLike[str], *, memory_limit: str = DEFAULT_MEM
     if not existed:
         log.info("created a new ledger at %s", file)
     return con
+
+
+def checkpoint_threshold(memory_limit: str) -> str:
+    """DuckDB's ``checkpoint_threshold`` for a ``memory_limit`` such as ``96MB``: half of it, at least 16 MB."""
+    match = _SIZE.match(memory_limit)
+    if match is None:
+        return "16MB"
+    limit = float(match.group(1)) * _UNIT[match.group(2)[0].lower()]
+    return f"{max(16, int(limit * CHECKPOINT_SHARE_OF_MEMORY) >> 20)}MB"
 
 
 def _migrate(con: duckdb.DuckDBPyConnection, file: Path) -> None:
@@ -139,6 +156,23 @@ class LedgerWriter:
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self._con = con
+        self._unchecked = False  # committed since the last checkpoint
+
+    def checkpoint(self) -> bool:
+        """Fold the WAL into the database file if anything was committed since the last time; call when idle.
+
+        Returns whether it ran. Skipped (and retried next time) while another connection has a transaction
+        open — a long ``/api/v1/query`` must not fail for it. Committed rows are durable in the WAL either way.
+        """
+        if not self._unchecked:
+            return False
+        try:
+            self._con.execute("CHECKPOINT")
+        except duckdb.Error as exc:
+            log.debug("checkpoint postponed: %s", exc)
+            return False
+        self._unchecked = False
+        return True
 
     def write(self, attempts: list[pa.Table], tasks: list[pa.Table], rejected: int = 0) -> WriteResult:
         attempt_batch = _concat(attempts, ATTEMPT_SCHEMA)
@@ -153,6 +187,7 @@ class LedgerWriter:
                 if spans:
                     con.execute("UPDATE ingest_counts SET spans = spans + ? WHERE result = ?", [spans, result])
             con.execute("COMMIT")
+            self._unchecked = True
         except BaseException:
             con.execute("ROLLBACK")
             raise

@@ -110,7 +110,8 @@ class BatchWriter:
             while not self._queue:
                 if self._stopping:
                     return None
-                self._cond.wait(1.0)
+                if not self._cond.wait(1.0) and not self._queue:
+                    return []  # a second without work: the writer is idle
             batch: list[Pending] = []
             spans = 0
             while self._queue and (not batch or spans + self._queue[0].spans <= self._max_batch):
@@ -121,6 +122,9 @@ class BatchWriter:
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
+            if not batch:
+                self._ledger.checkpoint()  # between bursts, not inside a commit that requests wait on
+                continue
             started = time.perf_counter()
             try:
                 self._commit(batch)
@@ -139,6 +143,7 @@ class BatchWriter:
             elapsed = time.perf_counter() - started
             if elapsed > 0:
                 self._rate = 0.8 * self._rate + 0.2 * (sum(item.spans for item in batch) / elapsed)
+        self._ledger.checkpoint()
 
     def _commit(self, batch: list[Pending]) -> None:
         rejected = sum(len(item.request.rejected) for item in batch)
