@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from collector.views import COST_MEASURES, ESCALATION_MADE, REFUSED_ERROR_TYPES, SAVINGS_MEASURES, with_views
+from collector.views import ATTEMPT_MEASURES, ESCALATION_MADE, REFUSED_ERROR_TYPES, SAVINGS_MEASURES, with_views
 
 # --by names → columns of attempt_costs. Only these names ever reach the SQL text.
 GROUP_COLUMNS: dict[str, str] = {
@@ -161,7 +161,7 @@ def _rows(table: pa.Table) -> list[dict[str, Any]]:
 def cost_report(reader: Reader, window: Window, by: Sequence[str] = ()) -> Report:
     """Attempts, tasks, tokens by type and cost, grouped by any of the GROUP_COLUMNS."""
     groups = [GROUP_COLUMNS[name] for name in by]
-    total_sql = with_views(f"SELECT {COST_MEASURES}\nFROM attempt_costs WHERE {_WINDOW_FILTER}", "attempt_costs")
+    total_sql = with_views(f"SELECT {ATTEMPT_MEASURES}\nFROM attempt_costs WHERE {_WINDOW_FILTER}", "attempt_costs")
     total = _rows(reader.query(total_sql, window.params))[0]
     rows: list[dict[str, Any]] = []
     if groups:
@@ -169,11 +169,18 @@ def cost_report(reader: Reader, window: Window, by: Sequence[str] = ()) -> Repor
         order = ["day"] if "day" in groups else []
         order += ["cost_usd DESC", "attempts DESC", *(f"{g} NULLS LAST" for g in groups if g != "day")]
         sql = with_views(
-            f"SELECT {keys},{COST_MEASURES}\nFROM attempt_costs WHERE {_WINDOW_FILTER}\n"
+            f"SELECT {keys},{ATTEMPT_MEASURES}\nFROM attempt_costs WHERE {_WINDOW_FILTER}\n"
             f"GROUP BY {keys} ORDER BY {', '.join(order)}",
             "attempt_costs",
         )
         rows = _rows(reader.query(sql, window.params))
+    group_keys = [tuple(row[g] for g in groups) for row in rows]
+    if len(groups) <= 1 and sum(key[0] is not None for key in group_keys) <= _MAX_MASKED_KEYS:
+        total_tasks, tasks_by_key = _task_counts_by_mask(reader, window, groups, group_keys)
+    else:
+        total_tasks, tasks_by_key = _task_counts_distinct(reader, window, groups)
+    total = _with_tasks(total, total_tasks)
+    rows = [_with_tasks(row, tasks_by_key.get(key, 0)) for row, key in zip(rows, group_keys, strict=True)]
     columns = [_col(g, _GROUP_KINDS.get(g, "text")) for g in groups] + _COST_COLUMNS
     title = "Cost by " + ", ".join(by) if by else "Cost"
     table = ReportTable("cost", title, columns, rows if groups else [total], total if groups else None)
@@ -184,6 +191,79 @@ def cost_report(reader: Reader, window: Window, by: Sequence[str] = ()) -> Repor
             f"{total['unpriced_attempts']} attempt(s) could not be priced: their cost is missing from the totals"
         )
     return Report("cost", window, [table], tuple(by))
+
+
+def _with_tasks(row: dict[str, Any], tasks: int) -> dict[str, Any]:
+    """``row`` with its task count after the attempts, in the column order of COST_MEASURES."""
+    ordered: dict[str, Any] = {}
+    for name, value in row.items():
+        ordered[name] = value
+        if name == "attempts":
+            ordered["tasks"] = tasks
+    return ordered
+
+
+# Counting distinct task ids per group is most of a large report's time (a set of 32-character ids per group). With
+# one group column and at most 63 non-NULL keys, one GROUP BY task_id instead ORs together a bit per group each task
+# has attempts in (bit 0: the group whose key is NULL) in a 64-bit mask; tallying the few distinct masks gives every
+# group's count and the total, exactly, in one pass. Other groupings count DISTINCT task ids per group.
+_MAX_MASKED_KEYS = 63
+_GROUP_SQL_TYPES = {"day": "DATE"}
+
+
+def _task_counts_by_mask(
+    reader: Reader, window: Window, groups: Sequence[str], group_keys: Sequence[tuple[Any, ...]]
+) -> tuple[int, dict[tuple[Any, ...], int]]:
+    one = "CAST(1 AS UBIGINT)"
+    params: list[Any] = []
+    named = [key[0] for key in group_keys if key[0] is not None]
+    if groups:
+        column = groups[0]
+        sql_type = _GROUP_SQL_TYPES.get(column, "VARCHAR")
+        # A key missing from the list (a row that arrived after the grouped query) gets no bit: NULL is ignored.
+        bit = (
+            f"CASE WHEN {column} IS NULL THEN {one} "
+            f"ELSE {one} << CAST(list_position(CAST(? AS {sql_type}[]), {column}) AS UBIGINT) END"
+        )
+        params.append([value.isoformat() if isinstance(value, date) else value for value in named])
+    else:
+        bit = one
+    sql = with_views(
+        f"""SELECT mask, count(*) AS tasks
+FROM (
+    SELECT task_id, bit_or({bit}) AS mask
+    FROM attempt_costs WHERE task_id IS NOT NULL AND {_WINDOW_FILTER}
+    GROUP BY task_id
+)
+GROUP BY mask""",
+        "attempt_costs",
+    )
+    by_bit = [0] * (len(named) + 1)
+    total = 0
+    for row in _rows(reader.query(sql, [*params, *window.params])):
+        mask, tasks = row["mask"] or 0, row["tasks"]
+        total += tasks
+        for index in range(len(by_bit)):
+            if mask >> index & 1:
+                by_bit[index] += tasks
+    if not groups:
+        return total, {}
+    counts: dict[tuple[Any, ...], int] = {(None,): by_bit[0]}
+    counts.update(((value,), by_bit[index]) for index, value in enumerate(named, start=1))
+    return total, counts
+
+
+def _task_counts_distinct(
+    reader: Reader, window: Window, groups: Sequence[str]
+) -> tuple[int, dict[tuple[Any, ...], int]]:
+    keys = ", ".join(groups)
+    total_sql = f"SELECT count(DISTINCT task_id) AS tasks FROM attempt_costs WHERE {_WINDOW_FILTER}"
+    total = _rows(reader.query(with_views(total_sql, "attempt_costs"), window.params))[0]["tasks"]
+    grouped_sql = (
+        f"SELECT {keys}, count(DISTINCT task_id) AS tasks FROM attempt_costs WHERE {_WINDOW_FILTER} GROUP BY {keys}"
+    )
+    rows = _rows(reader.query(with_views(grouped_sql, "attempt_costs"), window.params))
+    return total, {tuple(row[g] for g in groups): row["tasks"] for row in rows}
 
 
 _ESCALATED = "tier = 'escalation'"

@@ -50,10 +50,13 @@ SELECT start_time,
 FROM attempts
 """
 
-# The cost measures of any group of attempts; reports use the same text over their window.
-COST_MEASURES = """
-       count(*) AS attempts,
-       count(DISTINCT task_id) AS tasks,
+# The cost measures of any group of attempts; reports use the same text over their window. ATTEMPT_MEASURES is all
+# of them but the task count, which `collector.reports` counts in a pass of its own over a large window.
+_ATTEMPT_COUNT = """
+       count(*) AS attempts,"""
+_TASK_COUNT = """
+       count(DISTINCT task_id) AS tasks,"""
+_ATTEMPT_SUMS = """
        coalesce(sum(input_tokens), 0) AS input_tokens,
        coalesce(sum(output_tokens), 0) AS output_tokens,
        coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
@@ -61,6 +64,8 @@ COST_MEASURES = """
        coalesce(sum(cost_usd), 0) AS cost_usd,
        sum(reported_cost_usd) AS reported_cost_usd,
        count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_attempts"""
+COST_MEASURES = _ATTEMPT_COUNT + _TASK_COUNT + _ATTEMPT_SUMS
+ATTEMPT_MEASURES = _ATTEMPT_COUNT + _ATTEMPT_SUMS
 
 DAILY_COST = f"""
 SELECT day, provider, model,{COST_MEASURES}

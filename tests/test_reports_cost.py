@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ledger_fixtures import NOW, scenario, write_config, write_ledger
+from ledger_fixtures import NOW, attempt, scenario, write_config, write_ledger
 from typer.testing import CliRunner
 
 from costline.cli import app
@@ -272,3 +272,23 @@ def test_missing_ledger_names_the_path_and_creates_nothing(tmp_path: Path, comma
     assert squash(f"no ledger at {ledger}") in squash(result.stderr)
     assert not ledger.exists()
     assert not ledger.parent.exists()
+
+
+@pytest.mark.parametrize("models", [63, 64])
+def test_task_counts_stay_exact_with_more_groups_than_the_task_mask_holds(tmp_path: Path, models: int) -> None:
+    # Up to 63 models (and the NULL model) are counted with one bit each; 64 count distinct task ids per group.
+    rows = []
+    for index in range(models):
+        start = NOW - timedelta(hours=1, minutes=index)
+        rows.append(attempt(start, request_model=f"m{index:02d}", task_id=f"task-{index // 2}"))
+        rows.append(attempt(start, request_model=f"m{index:02d}", task_id=f"task-{index // 2}"))
+        rows.append(attempt(start, request_model=f"m{index:02d}", task_id="shared"))
+    rows.append(attempt(NOW - timedelta(hours=2), request_model=None, response_model=None, task_id="shared"))
+    config = write_config(tmp_path, write_ledger(tmp_path / "ledger.duckdb", rows))
+    table = report_json("--from", "2026-11-29", "--by", "model", "-c", str(config))["tables"]["cost"]
+    assert table["total"]["tasks"] == (models + 1) // 2 + 1
+    assert table["total"]["attempts"] == 3 * models + 1
+    assert {row["model"]: row["tasks"] for row in table["rows"]} == {
+        **{f"m{index:02d}": 2 for index in range(models)},
+        None: 1,
+    }

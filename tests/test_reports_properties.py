@@ -69,3 +69,57 @@ def test_grouped_rows_add_up_to_the_exact_total(generated: list[dict]) -> None:
         assert [(r["provider"], r["day"], Decimal(r["cost_usd"]), int(r["attempts"])) for r in parsed] == [
             (r["provider"], r["day"], r["cost_usd"], r["attempts"]) for r in table["rows"]
         ]
+
+
+tasked_rows = st.lists(
+    st.fixed_dictionaries(
+        {
+            "provider": st.sampled_from(["ollama", "anthropic"]),
+            "request_model": st.sampled_from([None, "qwen3:8b", "claude-sonnet-4-6", "claude-haiku-4-5"]),
+            "tier": st.sampled_from([None, "primary", "escalation"]),
+            "task_type": st.sampled_from([None, "general", "code_generation"]),
+            "task_id": st.sampled_from([None, "t1", "t2", "t3", "t4", "t5"]),
+            "minutes_before": st.integers(min_value=0, max_value=60 * 24 * 40),
+        }
+    ),
+    max_size=25,
+)
+
+
+def _exact_tasks(rows: list[dict], key) -> tuple[int, dict]:
+    by_key: dict = {}
+    for row in rows:
+        by_key.setdefault(key(row), set())
+        if row["task_id"] is not None:
+            by_key[key(row)].add(row["task_id"])
+    total = {row["task_id"] for row in rows if row["task_id"] is not None}
+    return len(total), {k: len(v) for k, v in by_key.items()}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tasked_rows)
+def test_task_counts_are_the_distinct_task_ids_of_each_group_and_of_the_window(generated: list[dict]) -> None:
+    # Tasks spanning several groups count once in each and once in the total; attempts without a task count none;
+    # a NULL group key (no model recorded, no tier) is a group of its own. --by provider,day takes the other path.
+    groupings = {
+        "model": lambda r: (r["request_model"],),
+        "tier": lambda r: (r["tier"],),
+        "task_type": lambda r: (r["task_type"],),
+        "day": lambda r: (r["start_time"].date().isoformat(),),
+        "provider,day": lambda r: (r["provider"], r["start_time"].date().isoformat()),
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(scratch)
+        ledger_rows = [
+            attempt(NOW - timedelta(minutes=row.pop("minutes_before")), **row) for row in [dict(r) for r in generated]
+        ]
+        config = write_config(tmp, write_ledger(tmp / "l.duckdb", ledger_rows))
+        in_window = [r for r in ledger_rows if r["start_time"].date().isoformat() >= "2026-11-01"]
+        for by, key in groupings.items():
+            result = runner.invoke(app, ["report", *WINDOW, "--by", by, "-f", "json", "-c", str(config)])
+            assert result.exit_code == 0, result.output
+            table = json.loads(result.stdout, parse_float=Decimal)["tables"]["cost"]
+            total, by_key = _exact_tasks(in_window, key)
+            assert table["total"]["tasks"] == total, by
+            names = by.split(",")
+            assert {tuple(row[n] for n in names): row["tasks"] for row in table["rows"]} == by_key, by
