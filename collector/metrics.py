@@ -145,7 +145,7 @@ class LedgerMetrics(Collector):
         with self._lock:
             self._state = state
 
-    def apply(self, con: duckdb.DuckDBPyConnection, result: WriteResult, rejected: int) -> dict[tuple[str, str], int]:
+    def apply(self, result: WriteResult, rejected: int) -> dict[tuple[str, str], int]:
         """Advance the counters by one commit; returns unpriced attempts by (provider, model) in it."""
         attempt_rows = _attempt_aggregates(result.attempts) if result.attempts.num_rows else []
         task_rows = _task_aggregates(result.tasks) if result.tasks.num_rows else []

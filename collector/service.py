@@ -41,7 +41,6 @@ class Collector:
             self._pricer = FastPricer(Pricer(config))
             self.decoder = Decoder(config, self._pricer, col.decode_workers)
             self._writer_con = self._con.cursor()
-            self._metrics_con = self._con.cursor()
             self._writer = BatchWriter(
                 LedgerWriter(self._writer_con), self._on_commit, max_queued_spans=col.max_queued_spans
             )
@@ -100,8 +99,7 @@ class Collector:
             server.server_close()
         self._writer.stop()
         self.decoder.close()
-        for con in (self._writer_con, self._metrics_con):
-            con.close()
+        self._writer_con.close()
         self._con.close()
 
     def __enter__(self) -> Collector:
@@ -141,7 +139,7 @@ class Collector:
     # --- commits ----------------------------------------------------------------------------------------------
 
     def _on_commit(self, result: WriteResult, rejected: int) -> None:
-        unpriced = self.metrics.apply(self._metrics_con, result, rejected)
+        unpriced = self.metrics.apply(result, rejected)
         now = time.monotonic()
         for (provider, model), count in unpriced.items():
             last = self._unpriced_logged.get((provider, model))

@@ -146,7 +146,7 @@ def test_commit_deltas_equal_the_counters_seeded_from_the_same_rows(tmp_path: Pa
         unpriced: Counter[tuple[str, str]] = Counter()
         for part in (slice(0, 4), slice(4, 9)):  # two commits
             result = writer.write([attempts[part]], [tasks[part]])
-            unpriced.update(applied.apply(con, result, rejected=0))  # Counter.update adds
+            unpriced.update(applied.apply(result, rejected=0))  # Counter.update adds
         assert writer.checkpoint() is True
         assert writer.checkpoint() is False  # nothing committed since
         seeded = LedgerMetrics(config, con.cursor)
