@@ -9,7 +9,9 @@ cost of calls made in the current UTC day and month. A restart forgets nothing: 
 from __future__ import annotations
 
 import math
+import random
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -110,9 +112,26 @@ class UsageStore:
         self._clock = clock
         self._busy_timeout_s = busy_timeout_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
+        self._initialise()
+
+    def _initialise(self) -> None:
+        """Switch the file to WAL and create the tables, retrying while other processes do the same.
+
+        SQLite answers "database is locked" at once, without waiting out the busy timeout, when two connections
+        race to switch a new file to WAL or to upgrade a read lock to create tables: so routers started together
+        retry here, with jitter, within the same timeout.
+        """
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                with self._connect() as db:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.executescript(SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(random.uniform(0.005, 0.05))
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

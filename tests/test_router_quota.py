@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -202,3 +203,28 @@ def test_no_rolling_hour_ever_holds_more_calls_than_the_quota(tmp_path_factory, 
             admitted.append(clock.now)
         else:
             assert outcome.error_type == "quota_exhausted"
+
+
+def _open_store_in_child(path: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        UsageStore(Path(path), Limits(max_calls_per_hour=1, daily_usd=Decimal(0), monthly_usd=Decimal(0)))
+        results.put("opened")
+    except Exception as exc:  # reported to the parent, which shows it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_router_processes_starting_together_all_open_a_fresh_usage_store(tmp_path):
+    # Switching a new file to WAL and creating its tables take write locks; SQLite answers "database is locked" at
+    # once (without waiting out the busy timeout) when two connections race for them. Each round is a fresh file.
+    ctx = multiprocessing.get_context("spawn")
+    for round_ in range(3):
+        barrier, results = ctx.Barrier(6), ctx.Queue()
+        path = str(tmp_path / f"usage-{round_}.sqlite")
+        children = [ctx.Process(target=_open_store_in_child, args=(path, barrier, results)) for _ in range(6)]
+        for child in children:
+            child.start()
+        outcomes = [results.get(timeout=60) for _ in children]
+        for child in children:
+            child.join(timeout=30)
+        assert outcomes == ["opened"] * 6
