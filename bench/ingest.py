@@ -9,7 +9,7 @@ For each pre-loaded ledger size (``--preload``, default 0, 1M and 5M rows):
    spans acknowledged (HTTP 200 without rejected spans; a 503 is retried after its Retry-After);
 4. the collector is stopped (SIGTERM), and the ledger's row count proves every acknowledged span is durable;
 5. on the very same spans (same seed, same bytes), in this process: the collector's parse + mapping
-   (``decode_protobuf`` + ``map_spans``) alone, and its ledger write path (``LedgerWriter.write`` into a copy of
+   (``decode_and_map``, as the collector runs it) alone, and its ledger write path (``LedgerWriter.write`` into a copy of
    the pre-loaded ledger, requests grouped ``--connections`` at a time as the writer thread would find them) alone.
 
 The limit is both stages run back to back on one core: 1 / (1/parse + 1/insert). Figures are spans per second
@@ -49,9 +49,8 @@ import ledger_gen
 import otlp_batches
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from collector.decode_pool import decode_and_map
 from collector.ledger import LedgerWriter, open_ledger
-from collector.mapping import map_spans
-from collector.otlp_decode import decode_protobuf
 from collector.price_cache import FastPricer
 from costline.config import load_config
 from costline.pricing import Pricer
@@ -310,7 +309,7 @@ def stop_collector(proc: subprocess.Popen[bytes]) -> float:
 def parse_limit(factory: otlp_batches.BatchFactory, batches: int, pricer: FastPricer) -> tuple[float, float, list]:
     bodies = [factory.batch(b) for b in range(batches)]
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    mapped = [map_spans(decode_protobuf(body), pricer) for body in bodies]
+    mapped = [decode_and_map(body, False, pricer) for body in bodies]
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     spans = batches * SPANS
     if any(m.rejected for m in mapped) or sum(m.attempts.num_rows for m in mapped) != spans:

@@ -19,9 +19,10 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, suppress
 
-from collector.mapping import ATTRIBUTES_READ, MappedRequest, map_spans
-from collector.otlp_decode import decode_json, decode_protobuf
+from collector.mapping import MappedRequest, map_spans
+from collector.otlp_decode import decode_json
 from collector.price_cache import FastPricer
+from collector.protobuf_rows import map_protobuf
 from costline.config import Config
 from costline.pricing import Pricer
 
@@ -38,8 +39,9 @@ class DecoderUnavailable(Exception):
 
 def decode_and_map(body: bytes, is_json: bool, pricer: FastPricer) -> MappedRequest:
     """Raises :class:`collector.otlp_decode.DecodeError` for a malformed payload."""
-    spans = decode_json(body) if is_json else decode_protobuf(body, ATTRIBUTES_READ)
-    return map_spans(spans, pricer)
+    if is_json:
+        return map_spans(decode_json(body), pricer)
+    return map_protobuf(body, pricer)
 
 
 def _init_worker(config: Config) -> None:

@@ -169,26 +169,42 @@ def span_key(trace_id: str, span_id: str) -> int:
 
 
 def map_spans(spans: list[SpanRecord], pricer: FastPricer, now_ns: int | None = None) -> MappedRequest:
-    now_ns = time.time_ns() if now_ns is None else now_ns
-    attempt_rows: list[tuple[Any, ...]] = []
-    task_rows: list[tuple[Any, ...]] = []
-    rejected: list[str] = []
-    ignored = 0
+    rows = RowCollector(pricer, now_ns)
     for span in spans:
+        rows.add(span)
+    return rows.result()
+
+
+class RowCollector:
+    """Rows, rejections and ignored spans of one request, span by span, in the order the spans came."""
+
+    def __init__(self, pricer: FastPricer, now_ns: int | None = None) -> None:
+        self.pricer = pricer
+        self.now_ns = time.time_ns() if now_ns is None else now_ns
+        self.attempt_rows: list[tuple[Any, ...]] = []
+        self.task_rows: list[tuple[Any, ...]] = []
+        self.rejected: list[str] = []
+        self.ignored = 0
+
+    def add(self, span: SpanRecord) -> None:
         attrs = span.attributes
         try:
             if _is_model_call(attrs):
-                attempt_rows.append(_attempt_row(span, attrs, pricer, now_ns))
+                self.attempt_rows.append(_attempt_row(span, attrs, self.pricer, self.now_ns))
             elif S.TASK_OUTCOME in attrs or (S.TASK_ID in attrs and span.name.startswith("task ")):
-                task_rows.append(_task_row(span, attrs, now_ns))
+                self.task_rows.append(_task_row(span, attrs, self.now_ns))
             else:
-                ignored += 1
+                self.ignored += 1
         except Rejected as exc:
-            rejected.append(str(exc))
+            self.rejected.append(str(exc))
         except Exception as exc:  # a shape nobody foresaw: refuse this span, keep the others
             log.warning("span %s could not be mapped: %r", span.span_id or "(no id)", exc)
-            rejected.append(f"span could not be read ({type(exc).__name__}) (span {span.span_id or 'without id'})")
-    return MappedRequest(_table(attempt_rows, ATTEMPT_SCHEMA), _table(task_rows, TASK_SCHEMA), rejected, ignored)
+            self.rejected.append(f"span could not be read ({type(exc).__name__}) (span {span.span_id or 'without id'})")
+
+    def result(self) -> MappedRequest:
+        return MappedRequest(
+            _table(self.attempt_rows, ATTEMPT_SCHEMA), _table(self.task_rows, TASK_SCHEMA), self.rejected, self.ignored
+        )
 
 
 def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
@@ -241,9 +257,9 @@ def _attempt_row(span: SpanRecord, a: dict[str, Any], pricer: FastPricer, now_ns
     if (cache_read or 0) + (cache_write or 0) > (input_tokens or 0):
         raise Rejected(f"cache read + cache write tokens exceed input tokens{where}")
 
-    error_type = _text(a.get(S.ERROR_TYPE))
+    error_type = as_text(a.get(S.ERROR_TYPE))
     failed = span.status_code == STATUS_ERROR or error_type is not None
-    compute_s = _non_negative_float(a.get(S.LOCAL_COMPUTE_SECONDS))
+    compute_s = as_non_negative_float(a.get(S.LOCAL_COMPUTE_SECONDS))
 
     counts = (input_tokens or 0, output_tokens or 0, cache_read or 0, cache_write or 0)
     cost, price_source = pricer.price_nanos(provider, model, *counts, at_ns=start_ns, compute_seconds=compute_s)
@@ -255,17 +271,17 @@ def _attempt_row(span: SpanRecord, a: dict[str, Any], pricer: FastPricer, now_ns
         trace_id,
         span_id,
         parent_span_id,
-        _text(a.get(S.TASK_ID)),
-        _text(a.get(S.TASK_TYPE)),
-        _text(a.get(S.ATTEMPT_TIER)),
-        _int32(a.get(S.ATTEMPT_INDEX)),
+        as_text(a.get(S.TASK_ID)),
+        as_text(a.get(S.TASK_TYPE)),
+        as_text(a.get(S.ATTEMPT_TIER)),
+        as_int32(a.get(S.ATTEMPT_INDEX)),
         provider,
-        _text(a.get(S.OPERATION_NAME)),
+        as_text(a.get(S.OPERATION_NAME)),
         request_model,
         response_model,
         "error" if failed else "success",
         error_type,
-        _text(a.get(S.ESCALATION_REASON)),
+        as_text(a.get(S.ESCALATION_REASON)),
         start_ns // 1000,
         end_ns // 1000,
         (end_ns - start_ns) / 1e9,
@@ -278,8 +294,8 @@ def _attempt_row(span: SpanRecord, a: dict[str, Any], pricer: FastPricer, now_ns
         counterfactual,
         _reported_cost(a),
         price_source,
-        _text(a.get(S.SERVER_ADDRESS)),
-        _port(a.get(S.SERVER_PORT)),
+        as_text(a.get(S.SERVER_ADDRESS)),
+        as_port(a.get(S.SERVER_PORT)),
         span.service_name,
         span_key(trace_id, span_id),
         span_key(trace_id, parent_span_id) if parent_span_id else None,
@@ -292,7 +308,7 @@ def _task_row(span: SpanRecord, a: dict[str, Any], now_ns: int) -> tuple[Any, ..
     if not trace_id or not span_id:
         raise Rejected("missing or malformed trace/span id")
     where = f" (task span {span_id})"
-    task_id = _text(a.get(S.TASK_ID))
+    task_id = as_text(a.get(S.TASK_ID))
     if not task_id:
         raise Rejected(f"task span without costline.task.id{where}")
     _check_times(span.start_ns, span.end_ns, now_ns, where)
@@ -300,11 +316,11 @@ def _task_row(span: SpanRecord, a: dict[str, Any], now_ns: int) -> tuple[Any, ..
         trace_id,
         span_id,
         task_id,
-        _text(a.get(S.TASK_TYPE)),
+        as_text(a.get(S.TASK_TYPE)),
         _bool(a.get(S.TASK_CRITICAL)),
-        _text(a.get(S.TASK_OUTCOME)),
+        as_text(a.get(S.TASK_OUTCOME)),
         _bool(a.get(S.TASK_ESCALATED)),
-        _int32(a.get(S.TASK_ATTEMPTS)),
+        as_int32(a.get(S.TASK_ATTEMPTS)),
         span.start_ns // 1000,
         span.end_ns // 1000,
         (span.end_ns - span.start_ns) / 1e9,
@@ -355,14 +371,14 @@ def _tokens(a: dict[str, Any], *keys: str, where: str) -> int | None:
     return None
 
 
-def _text(value: Any) -> str | None:
+def as_text(value: Any) -> str | None:
     if value is None:
         return None
     text = value if isinstance(value, str) else str(value)
     return text[:MAX_TEXT_CHARS] if text else None
 
 
-def _int32(value: Any) -> int | None:
+def as_int32(value: Any) -> int | None:
     if type(value) is int and -(2**31) <= value < 2**31:
         return value
     if isinstance(value, str) and value.isdigit() and len(value) < 10:
@@ -370,8 +386,8 @@ def _int32(value: Any) -> int | None:
     return None
 
 
-def _port(value: Any) -> int | None:
-    port = _int32(value)
+def as_port(value: Any) -> int | None:
+    port = as_int32(value)
     return port if port is not None and 0 <= port <= 65535 else None
 
 
@@ -383,7 +399,7 @@ def _bool(value: Any) -> bool | None:
     return None
 
 
-def _non_negative_float(value: Any) -> float | None:
+def as_non_negative_float(value: Any) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
         return float(value)
     return None

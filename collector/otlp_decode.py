@@ -64,7 +64,7 @@ def decode_protobuf(body: bytes, keys: frozenset[str] | None = None) -> list[Spa
     spans: list[SpanRecord] = []
     append = spans.append
     for resource_spans in request.resource_spans:
-        service = _pb_service_name(resource_spans.resource.attributes)
+        service = pb_service_name(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for s in scope_spans.spans:
                 trace_id, span_id, parent = s.trace_id, s.span_id, s.parent_span_id
@@ -90,10 +90,10 @@ def decode_protobuf(body: bytes, keys: frozenset[str] | None = None) -> list[Spa
 _ZERO_TRACE, _ZERO_SPAN = bytes(16), bytes(8)
 
 
-def _pb_service_name(attributes: Any) -> str | None:
+def pb_service_name(attributes: Any) -> str | None:
     for kv in attributes:
         if kv.key == SERVICE_NAME:
-            value = _pb_value(kv.value, 0)
+            value = pb_value(kv.value, 0)
             return value if isinstance(value, str) else None
     return None
 
@@ -111,22 +111,22 @@ def _pb_attributes(attributes: Any, keys: frozenset[str] | None) -> dict[str, An
         elif which == "int_value":
             out[key] = value.int_value
         elif which is not None:
-            out[key] = _pb_value(value, 0)
+            out[key] = pb_value(value, 0)
     return out
 
 
-def _pb_value(value: Any, depth: int) -> Any:
+def pb_value(value: Any, depth: int) -> Any:
     which = value.WhichOneof("value")
     if which is None:
         return None
     if which == "array_value":
         if depth >= _MAX_NESTING:
             return None
-        return [_pb_value(v, depth + 1) for v in value.array_value.values]
+        return [pb_value(v, depth + 1) for v in value.array_value.values]
     if which == "kvlist_value":
         if depth >= _MAX_NESTING:
             return None
-        return {kv.key: _pb_value(kv.value, depth + 1) for kv in value.kvlist_value.values}
+        return {kv.key: pb_value(kv.value, depth + 1) for kv in value.kvlist_value.values}
     if which == "bytes_value":
         return value.bytes_value.hex()
     return getattr(value, which)
