@@ -9,8 +9,9 @@ For each pre-loaded ledger size (``--preload``, default 0, 1M and 5M rows):
    spans acknowledged (HTTP 200 without rejected spans; a 503 is retried after its Retry-After);
 4. the collector is stopped (SIGTERM), and the ledger's row count proves every acknowledged span is durable;
 5. on the very same spans (same seed, same bytes), in this process: the collector's parse + mapping
-   (``decode_and_map``, as the collector runs it) alone, and its ledger write path (``LedgerWriter.write`` into a copy of
-   the pre-loaded ledger, requests grouped ``--connections`` at a time as the writer thread would find them) alone.
+   (``decode_and_map``, as the collector runs it) alone, and its ledger write path (``LedgerWriter.write`` into a
+   copy of the pre-loaded ledger, requests grouped ``--connections`` at a time as the writer thread would find them)
+   alone.
 
 The limit is both stages run back to back on one core: 1 / (1/parse + 1/insert). Figures are spans per second
 of wall time; the machine is shared, so compare the ratios printed within one run.
@@ -56,6 +57,7 @@ from costline.config import load_config
 from costline.pricing import Pricer
 
 SPANS = otlp_batches.SPANS_PER_BATCH
+PRE_ENCODE_BYTES = 1 << 30
 TARGET_SPANS_PER_S = 50_000
 TARGET_LIMIT_SHARE = 0.50
 TARGET_PRELOADED_SHARE = 0.70
@@ -102,9 +104,12 @@ def _generator(
     url: str, seed: int, base_ns: int, batches: int, connections: int, ready: mp.Event, go: mp.Event, out: mp.Queue
 ) -> None:
     factory = otlp_batches.BatchFactory(seed, base_ns)
-    encoded: queue.Queue[tuple[int, bytes] | None] = queue.Queue(maxsize=4 * connections)
+    # Every batch is encoded before the clock starts when they fit in PRE_ENCODE_BYTES; beyond that (the 10M-span
+    # RSS run) a thread keeps a few ahead of the senders, and its CPU competes with the collector's.
+    ahead = batches if batches * len(factory.batch(0)) <= PRE_ENCODE_BYTES else 4 * connections
+    encoded: queue.Queue[tuple[int, bytes] | None] = queue.Queue(maxsize=ahead + connections)
 
-    def produce() -> None:  # batches are encoded ahead of the senders, never on their critical path
+    def produce() -> None:
         for b in range(batches):
             encoded.put((b, factory.batch(b)))
         for _ in range(connections):
@@ -149,7 +154,7 @@ def _generator(
 
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
-    while encoded.qsize() < min(batches, encoded.maxsize) and producer.is_alive():
+    while encoded.qsize() < min(batches, ahead) and producer.is_alive():
         time.sleep(0.01)  # a full pipeline before the clock starts
     ready.set()
     go.wait()

@@ -14,15 +14,21 @@ import logging
 import multiprocessing
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, suppress
 
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
 from collector.mapping import MappedRequest, map_spans
 from collector.otlp_decode import decode_json
 from collector.price_cache import FastPricer
 from collector.protobuf_rows import map_protobuf
+from costline import spans as S
 from costline.config import Config
 from costline.pricing import Pricer
 
@@ -44,9 +50,43 @@ def decode_and_map(body: bytes, is_json: bool, pricer: FastPricer) -> MappedRequ
     return map_protobuf(body, pricer)
 
 
+def warm_up(config: Config, pricer: FastPricer) -> MappedRequest:
+    """Map one attempt on each configured model, now, and return the rows (nothing is stored).
+
+    The first request would otherwise pay for the price catalogue's import and this hour's rates (~1 s of CPU).
+    """
+    now_ns = time.time_ns()
+    models = [("ollama", model) for model in config.router.models] + [("anthropic", config.escalation.model)]
+    spans = [
+        Span(
+            trace_id=(n + 1).to_bytes(16, "big"),
+            span_id=(n + 1).to_bytes(8, "big"),
+            parent_span_id=(n + 1).to_bytes(8, "little"),
+            name=f"chat {model}",
+            start_time_unix_nano=now_ns - 1_000_000_000,
+            end_time_unix_nano=now_ns,
+            attributes=[
+                KeyValue(key=key, value=AnyValue(**{"int_value" if isinstance(v, int) else "string_value": v}))
+                for key, v in (
+                    (S.OPERATION_NAME, "chat"),
+                    (S.PROVIDER_NAME, provider),
+                    (S.REQUEST_MODEL, model),
+                    (S.ATTEMPT_TIER, "primary" if provider == "ollama" else "escalation"),
+                    (S.USAGE_INPUT_TOKENS, 1000),
+                    (S.USAGE_OUTPUT_TOKENS, 100),
+                )
+            ],
+        )
+        for n, (provider, model) in enumerate(models)
+    ]
+    request = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])])
+    return decode_and_map(request.SerializeToString(), False, pricer)
+
+
 def _init_worker(config: Config) -> None:
     global _worker_pricer
     _worker_pricer = FastPricer(Pricer(config))
+    warm_up(config, _worker_pricer)
 
 
 def _work(body: bytes, is_json: bool) -> MappedRequest:

@@ -145,6 +145,10 @@ class LedgerMetrics(Collector):
         with self._lock:
             self._state = state
 
+    def warm_up(self, attempts: pa.Table) -> None:
+        """Aggregate rows without counting them: the first commit then finds pyarrow's kernels loaded."""
+        _attempt_aggregates(attempts)
+
     def apply(self, result: WriteResult, rejected: int) -> dict[tuple[str, str], int]:
         """Advance the counters by one commit; returns unpriced attempts by (provider, model) in it."""
         attempt_rows = _attempt_aggregates(result.attempts) if result.attempts.num_rows else []
@@ -277,31 +281,39 @@ _REFUSED = pa.array(REFUSED_ERROR_TYPES, pa.string())
 _ATTEMPT_SUMS = ("cost_usd", "unpriced", "counterfactual_usd", "input_tokens", "output_tokens")
 _ATTEMPT_SUMS += ("cache_read_tokens", "cache_write_tokens", "escalation", "duration_us")
 _ATTEMPT_KEYS = ("provider", "model", "tier", "outcome", "error_label", "reason", "bucket")
+# Literals as Arrow scalars, made once: converting a Python value costs pyarrow ~35 µs (it tries to import
+# dateutil each time when that is not installed), and a commit would convert ~30 of them.
+_SUCCESS, _ESCALATION, _OTHER, _EMPTY = (pa.scalar(v, pa.string()) for v in ("success", "escalation", "other", ""))
+_TRUE_TEXT, _FALSE_TEXT = pa.scalar("true", pa.string()), pa.scalar("false", pa.string())
+_FALSE = pa.scalar(False)
+_BOUNDS = [pa.scalar(float(bound), pa.float64()) for bound in DURATION_BUCKETS]
+_BUCKET_COUNT = pa.scalar(len(DURATION_BUCKETS), pa.int8())
+_MICROS_PER_S = pa.scalar(1e6, pa.float64())
 
 
 def _attempt_aggregates(rows: pa.Table) -> list[tuple[Any, ...]]:
     """``_ATTEMPT_AGGREGATES`` over a committed batch, in the column order :meth:`_State.add_attempts` reads."""
     tier = rows.column("tier")
     error_type = rows.column("error_type")
-    success = pc.fill_null(pc.equal(rows.column("outcome"), "success"), False)
-    known = pc.fill_null(pc.is_in(error_type, value_set=_ERROR_TYPES), False)
+    success = pc.fill_null(pc.equal(rows.column("outcome"), _SUCCESS), _FALSE)
+    known = pc.fill_null(pc.is_in(error_type, value_set=_ERROR_TYPES), _FALSE)
     escalation = pc.and_(
-        pc.fill_null(pc.equal(tier, "escalation"), False),
-        pc.invert(pc.is_in(pc.fill_null(error_type, ""), value_set=_REFUSED)),
+        pc.fill_null(pc.equal(tier, _ESCALATION), _FALSE),
+        pc.invert(pc.is_in(pc.fill_null(error_type, _EMPTY), value_set=_REFUSED)),
     )
     duration = rows.column("duration_s")
     # First bound the duration is <= (as SQL's CASE); NULL and NaN fall above all bounds.
-    within = [pc.cast(pc.fill_null(pc.less_equal(duration, bound), False), pa.int8()) for bound in DURATION_BUCKETS]
-    bucket = pc.subtract(pa.scalar(len(DURATION_BUCKETS), pa.int8()), _total(within))
-    micros = pc.cast(pc.round(pc.multiply(duration, 1e6), round_mode="half_towards_infinity"), pa.int64())
+    within = [pc.cast(pc.fill_null(pc.less_equal(duration, bound), _FALSE), pa.int8()) for bound in _BOUNDS]
+    bucket = pc.subtract(_BUCKET_COUNT, _total(within))
+    micros = pc.cast(pc.round(pc.multiply(duration, _MICROS_PER_S), round_mode="half_towards_infinity"), pa.int64())
     table = pa.table(
         {
             "provider": rows.column("provider"),
             "model": pc.coalesce(rows.column("request_model"), rows.column("response_model")),
-            "tier": pc.fill_null(tier, ""),
+            "tier": pc.fill_null(tier, _EMPTY),
             "outcome": rows.column("outcome"),
-            "error_label": pc.if_else(success, "", pc.if_else(known, error_type, "other")),
-            "reason": pc.fill_null(rows.column("escalation_reason"), ""),
+            "error_label": pc.if_else(success, _EMPTY, pc.if_else(known, error_type, _OTHER)),
+            "reason": pc.fill_null(rows.column("escalation_reason"), _EMPTY),
             "bucket": bucket,
             "cost_usd": rows.column("cost_usd"),
             "unpriced": pc.cast(pc.is_null(rows.column("cost_usd")), pa.int64()),
@@ -356,9 +368,9 @@ def _task_aggregates(rows: pa.Table) -> list[tuple[Any, ...]]:
     escalated = rows.column("escalated")
     table = pa.table(
         {
-            "task_type": pc.fill_null(rows.column("task_type"), ""),
-            "outcome": pc.fill_null(rows.column("outcome"), ""),
-            "escalated": pc.fill_null(pc.if_else(escalated, "true", "false"), ""),
+            "task_type": pc.fill_null(rows.column("task_type"), _EMPTY),
+            "outcome": pc.fill_null(rows.column("outcome"), _EMPTY),
+            "escalated": pc.fill_null(pc.if_else(escalated, _TRUE_TEXT, _FALSE_TEXT), _EMPTY),
         }
     )
     grouped = table.group_by(["task_type", "outcome", "escalated"], use_threads=False).aggregate([([], "count_all")])

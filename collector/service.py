@@ -10,7 +10,7 @@ from types import TracebackType
 
 import duckdb
 
-from collector.decode_pool import Decoder
+from collector.decode_pool import Decoder, warm_up
 from collector.http import MAX_IN_FLIGHT_BYTES, InFlightBytes, MetricsHandler, OtlpHandler, is_loopback, make_server
 from collector.ledger import LedgerWriter, WriteResult, open_ledger
 from collector.metrics import LedgerMetrics, make_registry
@@ -40,6 +40,7 @@ class Collector:
             self.registry = make_registry(self.metrics)
             self._pricer = FastPricer(Pricer(config))
             self.decoder = Decoder(config, self._pricer, col.decode_workers)
+            self.metrics.warm_up(warm_up(config, self._pricer).attempts)
             self._writer_con = self._con.cursor()
             self._writer = BatchWriter(
                 LedgerWriter(self._writer_con), self._on_commit, max_queued_spans=col.max_queued_spans

@@ -26,6 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from test_collector_support import NOW, SONNET_45, collector_config, rows, sample, samples, scrape
 
 from collector import ledger as ledger_module
+from collector.decode_pool import warm_up
 from collector.ledger import LedgerError
 from collector.service import Collector
 from costline import spans as S
@@ -414,3 +415,15 @@ def test_too_many_bodies_in_flight_answer_503_at_once(tmp_path: Path, monkeypatc
     assert json.loads(answer)["message"] == "the collector is busy decoding other requests; retry shortly"
     assert first == [200] and again[0] == 200
     assert stored == [("00000000000000f1",), ("00000000000000f2",)]
+
+
+def test_the_start_up_warm_up_prices_every_configured_model_and_stores_nothing(tmp_path: Path) -> None:
+    config = collector_config(tmp_path / "ledger.duckdb")
+    with Collector(config) as collector:
+        warm = warm_up(config, collector._pricer)
+        stored = rows(collector, "SELECT (SELECT count(*) FROM attempts) + (SELECT count(*) FROM tasks)")
+        attempts = sample(samples(scrape(collector)), "costline_ingest_spans_total", result="stored")
+    assert warm.rejected == []
+    assert warm.attempts.column("request_model").to_pylist() == [*config.router.models, config.escalation.model]
+    assert None not in warm.attempts.column("cost_usd").to_pylist()  # each model's prices were found and loaded
+    assert stored == [(0,)] and attempts == 0
