@@ -88,6 +88,7 @@ class RunResult:
     insert_spans_per_s: float
     insert_cpu_us: float
     collector_cpu_us: float  # CPU of the collector's processes during the load, per stored span
+    collector_main_cpu_us: float  # of which the main process (HTTP, ledger writer); the rest is decode workers
     limit_spans_per_s: float
     share_of_limit: float
     limit_sample_spans: int
@@ -269,17 +270,17 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
-def tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of the collector and its children (reaped ones included)."""
-    total = 0.0
+def tree_cpu_s(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of the collector and of each of its children (reaped ones included), by pid."""
+    cpu = {}
     tick = os.sysconf("SC_CLK_TCK")
     for p in process_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += sum(int(v) for v in fields[11:15]) / tick  # utime, stime, cutime, cstime
-    return total
+        cpu[p] = sum(int(v) for v in fields[11:15]) / tick  # utime, stime, cutime, cstime
+    return cpu
 
 
 def _status_mb(pid: int, field: str) -> float:
@@ -408,7 +409,9 @@ def run_once(
             cpu_before = tree_cpu_s(proc.pid)
             go.set()
             load: LoadResult = out.get(timeout=3600)
-            cpu_used = tree_cpu_s(proc.pid) - cpu_before
+            cpu_after = tree_cpu_s(proc.pid)
+        main_cpu = cpu_after.get(proc.pid, 0.0) - cpu_before.get(proc.pid, 0.0)
+        cpu_used = sum(cpu_after.values()) - sum(cpu_before.values())
         gen.join()
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
@@ -444,6 +447,7 @@ def run_once(
         insert_spans_per_s=round(insert_rate),
         insert_cpu_us=round(insert_cpu_us, 1),
         collector_cpu_us=round(cpu_used / max(load.acked_spans, 1) * 1e6, 1),
+        collector_main_cpu_us=round(main_cpu / max(load.acked_spans, 1) * 1e6, 1),
         limit_spans_per_s=round(limit),
         share_of_limit=round(e2e / limit, 3),
         limit_sample_spans=sample_batches * SPANS,
@@ -525,7 +529,9 @@ def print_table(results: list[RunResult], empty: RunResult | None) -> None:
     for r in results:
         print(
             f"  {r.preload:>10,} pre-loaded: {r.parse_cpu_us} + {r.insert_cpu_us} = "
-            f"{r.parse_cpu_us + r.insert_cpu_us:.1f} µs alone; {r.collector_cpu_us} µs end to end"
+            f"{r.parse_cpu_us + r.insert_cpu_us:.1f} µs alone; {r.collector_cpu_us} µs end to end "
+            f"(main process {r.collector_main_cpu_us}, "
+            f"decode workers {r.collector_cpu_us - r.collector_main_cpu_us:.1f})"
         )
     for r in results:
         print(

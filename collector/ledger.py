@@ -26,7 +26,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from collector.mapping import ATTEMPT_COLUMNS, ATTEMPT_SCHEMA, TASK_COLUMNS, TASK_SCHEMA
+from collector.mapping import ATTEMPT_COLUMNS, EMPTY_ATTEMPTS, EMPTY_TASKS, TASK_COLUMNS
 from collector.schema import SCHEMA_VERSION, TABLES
 from collector.views import create_views
 
@@ -175,8 +175,8 @@ class LedgerWriter:
         return True
 
     def write(self, attempts: list[pa.Table], tasks: list[pa.Table], rejected: int = 0) -> WriteResult:
-        attempt_batch = _concat(attempts, ATTEMPT_SCHEMA)
-        task_batch = _concat(tasks, TASK_SCHEMA)
+        attempt_batch = _concat(attempts, EMPTY_ATTEMPTS)
+        task_batch = _concat(tasks, EMPTY_TASKS)
         con = self._con
         con.execute("BEGIN")
         try:
@@ -295,10 +295,10 @@ def _resolve(batch: pa.Table, hits: list[tuple[int, int | None, str, str]]) -> t
     return keep, duplicates, nested
 
 
-def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
+def _concat(tables: list[pa.Table], empty: pa.Table) -> pa.Table:
     tables = [t for t in tables if t.num_rows]
     if not tables:
-        return schema.empty_table()
+        return empty
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
