@@ -33,7 +33,7 @@ from collector.decode_pool import DecoderUnavailable
 from collector.mapping import MappedRequest
 from collector.otlp_decode import DecodeError
 from collector.query import ReadOnlyViolation, run_read_only
-from collector.writer import BatchWriter, QueueFull, WriteFailed
+from collector.writer import BatchWriter, Pending, QueueFull, WriteFailed
 
 log = logging.getLogger(__name__)
 
@@ -203,26 +203,27 @@ class OtlpHandler(_Handler):
         self._status(503, code_pb2.UNAVAILABLE, message, answer_json, {"Retry-After": "1"})
 
     def _ingest(self, server: Any, body: bytes, answer_json: bool) -> None:
+        writer: BatchWriter = server.writer
+        pending: Pending | None = None
         try:
-            mapped: MappedRequest = server.decoder(body, answer_json)
+            with writer.incoming():  # queued before it stops counting as incoming, so a lingering commit takes it
+                mapped: MappedRequest = server.decoder(body, answer_json)
+                if mapped.span_count or mapped.rejected:
+                    pending = writer.submit(mapped)
+            if pending is not None:
+                pending.wait(COMMIT_TIMEOUT_S)
         except DecodeError as exc:
             self._status(400, code_pb2.INVALID_ARGUMENT, str(exc), answer_json)
             return
         except DecoderUnavailable as exc:
             self._status(503, code_pb2.UNAVAILABLE, str(exc), answer_json, {"Retry-After": "1"})
             return
-        if mapped.span_count or mapped.rejected:
-            writer: BatchWriter = server.writer
-            try:
-                writer.submit(mapped).wait(COMMIT_TIMEOUT_S)
-            except QueueFull as exc:
-                self._status(503, code_pb2.UNAVAILABLE, str(exc), answer_json, {"Retry-After": str(exc.retry_after_s)})
-                return
-            except WriteFailed as exc:
-                self._status(
-                    503, code_pb2.UNAVAILABLE, f"ledger write failed: {exc}", answer_json, {"Retry-After": "1"}
-                )
-                return
+        except QueueFull as exc:
+            self._status(503, code_pb2.UNAVAILABLE, str(exc), answer_json, {"Retry-After": str(exc.retry_after_s)})
+            return
+        except WriteFailed as exc:
+            self._status(503, code_pb2.UNAVAILABLE, f"ledger write failed: {exc}", answer_json, {"Retry-After": "1"})
+            return
         response = ExportTraceServiceResponse()
         if mapped.rejected:
             response.partial_success.rejected_spans = len(mapped.rejected)

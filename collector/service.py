@@ -43,7 +43,10 @@ class Collector:
             self.metrics.warm_up(warm_up(config, self._pricer).attempts)
             self._writer_con = self._con.cursor()
             self._writer = BatchWriter(
-                LedgerWriter(self._writer_con), self._on_commit, max_queued_spans=col.max_queued_spans
+                LedgerWriter(self._writer_con),
+                self._on_commit,
+                max_queued_spans=col.max_queued_spans,
+                linger_s=col.commit_linger_ms / 1000,
             )
         except BaseException:
             self._con.close()

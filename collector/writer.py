@@ -13,7 +13,8 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from collector.ledger import LedgerWriter, WriteResult
@@ -57,6 +58,7 @@ class BatchWriter:
         *,
         max_queued_spans: int,
         max_batch_spans: int = 65_536,
+        linger_s: float = 0.0,
     ) -> None:
         self._ledger = ledger
         self._on_commit = on_commit
@@ -64,6 +66,8 @@ class BatchWriter:
         self._max_batch = max_batch_spans
         self._queue: deque[Pending] = deque()
         self._queued_spans = 0
+        self._incoming = 0  # requests being decoded, which will be submitted shortly
+        self._linger_s = linger_s
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="costline-ledger-writer", daemon=True)
@@ -79,6 +83,18 @@ class BatchWriter:
 
     def start(self) -> None:
         self._thread.start()
+
+    @contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Around a request's decoding and its submit: a commit may wait a moment for it to be queued."""
+        with self._cond:
+            self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._incoming -= 1
+                self._cond.notify()
 
     def submit(self, request: MappedRequest) -> Pending:
         spans = max(request.span_count, 1)
@@ -112,6 +128,7 @@ class BatchWriter:
                     return None
                 if not self._cond.wait(1.0) and not self._queue:
                     return []  # a second without work: the writer is idle
+            self._linger()
             batch: list[Pending] = []
             spans = 0
             while self._queue and (not batch or spans + self._queue[0].spans <= self._max_batch):
@@ -119,6 +136,19 @@ class BatchWriter:
                 batch.append(item)
                 spans += item.spans
             return batch
+
+    def _linger(self) -> None:
+        """Group commit: while requests are still being decoded, wait up to ``linger_s`` for them to be queued.
+
+        A commit costs ~4 ms of CPU whatever its size (probe, insert setup, WAL sync), so one commit for several
+        requests is cheaper than one each; the wait is paid only while more requests are on their way.
+        """
+        deadline = time.monotonic() + self._linger_s
+        while self._incoming and self._queued_spans < self._max_batch and not self._stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:

@@ -90,7 +90,8 @@ class CollectorConfig:
     max_request_bytes: int = 16 * 1024 * 1024  # after decompression
     max_queued_spans: int = 200_000  # beyond this, ingest answers 503 with Retry-After
     ledger_memory_mb: int = 96  # DuckDB memory limit of the collector's ledger; larger queries spill to disk
-    decode_workers: int = 1  # processes that decode large OTLP requests (with the collector's own); 0: in-process only
+    decode_workers: int = 1  # processes that decode large OTLP requests; 0: in the collector process
+    commit_linger_ms: float = 3.0  # group commit: wait this long for requests still being decoded; 0: never wait
 
 
 @dataclass(frozen=True)
@@ -341,6 +342,13 @@ def _validate(c: Config) -> None:
         "collector.decode_workers",
         col.decode_workers,
         "must be 0-64 (0 decodes in the collector process)",
+        s,
+    )
+    _check(
+        0 <= col.commit_linger_ms <= 1000,
+        "collector.commit_linger_ms",
+        col.commit_linger_ms,
+        "must be 0-1000 (milliseconds a commit may wait for requests still being decoded)",
         s,
     )
 
