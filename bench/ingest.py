@@ -71,6 +71,7 @@ class LoadResult:
     retries_503: int
     errors: int
     wall_s: float
+    cpu_s: float  # the load generator's own CPU while sending (it shares the machine's cores with the collector)
 
 
 @dataclass
@@ -89,6 +90,7 @@ class RunResult:
     insert_cpu_us: float
     collector_cpu_us: float  # CPU of the collector's processes during the load, per stored span
     collector_main_cpu_us: float  # of which the main process (HTTP, ledger writer); the rest is decode workers
+    generator_cpu_us: float  # the load generator's CPU per span, on the same cores
     limit_spans_per_s: float
     share_of_limit: float
     limit_sample_spans: int
@@ -159,14 +161,14 @@ def _generator(
         time.sleep(0.01)  # a full pipeline before the clock starts
     ready.set()
     go.wait()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     senders = [threading.Thread(target=send) for _ in range(connections)]
     for t in senders:
         t.start()
     for t in senders:
         t.join()
-    wall = time.perf_counter() - started
-    out.put(LoadResult(totals["acked"], totals["rejected"], totals["retries"], totals["errors"], wall))
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    out.put(LoadResult(totals["acked"], totals["rejected"], totals["retries"], totals["errors"], wall, cpu))
 
 
 # --- the collector process --------------------------------------------------------------------------------------
@@ -448,6 +450,7 @@ def run_once(
         insert_cpu_us=round(insert_cpu_us, 1),
         collector_cpu_us=round(cpu_used / max(load.acked_spans, 1) * 1e6, 1),
         collector_main_cpu_us=round(main_cpu / max(load.acked_spans, 1) * 1e6, 1),
+        generator_cpu_us=round(load.cpu_s / max(load.acked_spans, 1) * 1e6, 1),
         limit_spans_per_s=round(limit),
         share_of_limit=round(e2e / limit, 3),
         limit_sample_spans=sample_batches * SPANS,
@@ -531,7 +534,7 @@ def print_table(results: list[RunResult], empty: RunResult | None) -> None:
             f"  {r.preload:>10,} pre-loaded: {r.parse_cpu_us} + {r.insert_cpu_us} = "
             f"{r.parse_cpu_us + r.insert_cpu_us:.1f} µs alone; {r.collector_cpu_us} µs end to end "
             f"(main process {r.collector_main_cpu_us}, "
-            f"decode workers {r.collector_cpu_us - r.collector_main_cpu_us:.1f})"
+            f"decode workers {r.collector_cpu_us - r.collector_main_cpu_us:.1f}); load generator {r.generator_cpu_us}"
         )
     for r in results:
         print(
