@@ -129,6 +129,7 @@ class Decoder:
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self._closed = False
+        self._warming = False
 
     def __call__(self, body: bytes, is_json: bool) -> MappedRequest:
         pool = self._pool_if_ready() if self._workers > 0 and len(body) >= self.pool_min_bytes else None
@@ -144,9 +145,15 @@ class Decoder:
             raise DecoderUnavailable("a decoder process died; retry the request") from None
 
     def start(self) -> None:
-        """Start the worker processes now rather than at the first large request."""
+        """Start the worker processes now rather than at the first large request; :attr:`warming` until they are up
+        (or have failed to start, when requests are decoded in the collector process)."""
         if self._workers > 0:
+            self._warming = True
             self._pool_if_ready()
+
+    @property
+    def warming(self) -> bool:
+        return self._warming
 
     def wait_ready(self, timeout: float) -> bool:
         """True once requests go to the worker processes."""
@@ -177,8 +184,10 @@ class Decoder:
                     future.result(timeout=120)
             except Exception as exc:  # the request threads keep decoding in place
                 log.error("decoder processes did not start (%s); decoding in the collector process", exc)
-                return
-            self._ready.set()
+            else:
+                self._ready.set()
+            finally:
+                self._warming = False
 
         threading.Thread(target=_when_started, name="costline-decoder-start", daemon=True).start()
 

@@ -121,7 +121,7 @@ class Collector:
         self.stop()
 
     def ready(self) -> bool:
-        return self._started and not self._stopped and self._writer.alive
+        return self._started and not self._stopped and self._writer.alive and not self.decoder.warming
 
     # --- addresses --------------------------------------------------------------------------------------------
 

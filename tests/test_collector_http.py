@@ -427,3 +427,21 @@ def test_the_start_up_warm_up_prices_every_configured_model_and_stores_nothing(t
     assert warm.attempts.column("request_model").to_pylist() == [*config.router.models, config.escalation.model]
     assert None not in warm.attempts.column("cost_usd").to_pylist()  # each model's prices were found and loaded
     assert stored == [(0,)] and attempts == 0
+
+
+def test_a_warming_collector_is_ready_only_once_its_decode_workers_are(tmp_path: Path) -> None:
+    config = collector_config(tmp_path / "ledger.duckdb", collector={"decode_workers": 1})
+    with Collector(config) as collector:
+        collector.decoder.start()  # as `costline serve` does
+        answers = []
+        for _ in range(1200):
+            try:
+                with urllib.request.urlopen(f"{collector.otlp_url}/readyz", timeout=5) as response:
+                    answers.append(response.status)
+                    break
+            except urllib.error.HTTPError as exc:
+                answers.append(exc.code)
+            threading.Event().wait(0.1)
+        workers_up = collector.decoder.wait_ready(0)
+    assert answers[-1] == 200 and set(answers[:-1]) <= {503}
+    assert workers_up  # ready means the first large request already goes to a worker

@@ -47,6 +47,7 @@ def serve(
                 f"{cfg.collector.metrics_port}): {exc}; stop what holds the port or change collector.otlp_port / "
                 "collector.metrics_port"
             )
+        collector.decoder.start()  # a service warms up before it is ready: /readyz answers 503 until then
         console.print(
             f"costline collector: OTLP {collector.otlp_url}/v1/traces · metrics {collector.metrics_url}/metrics · "
             f"ledger {cfg.collector.ledger} — Ctrl-C to stop",
