@@ -3,6 +3,7 @@ ledger trouble at start."""
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import json
 import multiprocessing
@@ -25,6 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from test_collector_support import NOW, SONNET_45, collector_config, rows, sample, samples, scrape
 
+from collector import decode_pool
 from collector import ledger as ledger_module
 from collector.decode_pool import warm_up
 from collector.ledger import LedgerError
@@ -445,3 +447,17 @@ def test_a_warming_collector_is_ready_only_once_its_decode_workers_are(tmp_path:
         workers_up = collector.decoder.wait_ready(0)
     assert answers[-1] == 200 and set(answers[:-1]) <= {503}
     assert workers_up  # ready means the first large request already goes to a worker
+
+
+def test_the_decoder_pool_pipes_hold_a_whole_request(tmp_path: Path) -> None:
+    """Small pipes stall a worker on its own output until the collector reads it (bench/README.md)."""
+    get_size = getattr(fcntl, "F_GETPIPE_SZ", None)
+    if get_size is None:
+        pytest.skip("this platform cannot size pipes")
+    config = collector_config(tmp_path / "ledger.duckdb", collector={"decode_workers": 1})
+    with Collector(config) as collector:
+        collector.decoder.start()
+        assert collector.decoder.wait_ready(120)
+        pool = collector.decoder._pool
+        sizes = [fcntl.fcntl(end.fileno(), get_size) for end in (pool._call_queue._writer, pool._result_queue._reader)]
+    assert sizes == [decode_pool.PIPE_BYTES] * 2
