@@ -165,6 +165,29 @@ class MappedRequest:
         suffix = f"; and {more} other reasons" if more > 0 else ""
         return f"{len(self.rejected)} GenAI span(s) rejected: " + "; ".join(parts) + suffix
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (decode workers → collector) as Arrow IPC streams: ~10x cheaper than pickling the tables."""
+        return (_unpickle_request, (_to_ipc(self.attempts), _to_ipc(self.tasks), self.rejected, self.ignored))
+
+
+def _to_ipc(table: pa.Table) -> pa.Buffer | None:
+    if table.num_rows == 0:
+        return None
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as stream:
+        stream.write_table(table)
+    return sink.getvalue()
+
+
+def _from_ipc(data: pa.Buffer | None, empty: pa.Table) -> pa.Table:
+    return empty if data is None else pa.ipc.open_stream(data).read_all()
+
+
+def _unpickle_request(
+    attempts: pa.Buffer | None, tasks: pa.Buffer | None, rejected: list[str], ignored: int
+) -> MappedRequest:
+    return MappedRequest(_from_ipc(attempts, EMPTY_ATTEMPTS), _from_ipc(tasks, EMPTY_TASKS), rejected, ignored)
+
 
 def span_key(trace_id: str, span_id: str) -> int:
     """A 64-bit dedupe key: the span id mixed with the low half of the trace id (exact ids are checked on a hit)."""

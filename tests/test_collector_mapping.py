@@ -4,6 +4,7 @@ agreeing with the shared Pricer to the nano-dollar."""
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import time
 from datetime import UTC, datetime
@@ -220,3 +221,20 @@ def test_the_fast_pricer_agrees_with_the_pricer_to_the_nano_dollar(provider: str
             provider, model, inp, out, cache_read, cache_write, at_ns=at_ns, compute_seconds=seconds
         )
         assert (nanos, source) == (usd_to_nanos(expected.usd), expected.source), usage
+
+
+def test_a_mapped_request_survives_the_trip_from_a_decode_worker(pricer: FastPricer) -> None:
+    task = SpanRecord(
+        "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b9", "", "task general", 1, START, START + 10**9, 0, "",
+        {S.TASK_ID: "t1", S.TASK_OUTCOME: "success", S.TASK_ATTEMPTS: 1},
+    )  # fmt: skip
+    rejected = _span("00f067aa0ba902b8", **{S.PROVIDER_NAME: "ollama"})  # no model
+    spans = [_span(**{S.PROVIDER_NAME: "ollama", S.REQUEST_MODEL: "qwen3:8b"}), task, rejected]
+    full = map_spans(spans, pricer, now_ns=NOW_NS)
+    assert (full.attempts.num_rows, full.tasks.num_rows, len(full.rejected)) == (1, 1, 1)
+    for request in (full, map_spans([], pricer, now_ns=NOW_NS)):
+        copy = pickle.loads(pickle.dumps(request))
+        assert copy.attempts.schema == request.attempts.schema and copy.tasks.schema == request.tasks.schema
+        assert copy.attempts.to_pylist() == request.attempts.to_pylist()
+        assert copy.tasks.to_pylist() == request.tasks.to_pylist()
+        assert (copy.rejected, copy.ignored) == (request.rejected, request.ignored)
