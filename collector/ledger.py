@@ -209,15 +209,16 @@ class LedgerWriter:
         # One scan of the ledger answers: which batch spans are stored already (same start time), which batch spans
         # already have a stored GenAI child (it started within the parent), which batch spans have a stored parent.
         parent_lo = lo - PARENT_WINDOW if need_parents else lo
+        # The batch is read from Arrow once (each Arrow scan costs ~0.3 ms whatever its size), then three times here.
         hits = self._con.execute(
             """
+            WITH b AS MATERIALIZED (SELECT span_key, parent_key, check_parent FROM attempt_batch)
             SELECT a.span_key, a.parent_key, a.trace_id, a.span_id
             FROM attempts a
             WHERE a.start_time BETWEEN $lo AND $hi
-              AND (a.span_key IN (SELECT span_key FROM attempt_batch)
-                   OR a.parent_key IN (SELECT span_key FROM attempt_batch)
-                   OR ($need_parents AND a.span_key IN
-                        (SELECT parent_key FROM attempt_batch WHERE check_parent)))
+              AND (a.span_key IN (SELECT span_key FROM b)
+                   OR a.parent_key IN (SELECT span_key FROM b)
+                   OR ($need_parents AND a.span_key IN (SELECT parent_key FROM b WHERE check_parent)))
             """,
             {"lo": parent_lo, "hi": hi, "need_parents": need_parents},
         ).fetchall()
