@@ -104,15 +104,25 @@ def _pb_attributes(attributes: Any, keys: frozenset[str] | None) -> dict[str, An
         key = kv.key
         if keys is not None and key not in keys:
             continue
-        value = kv.value
-        which = value.WhichOneof("value")
-        if which == "string_value":
-            out[key] = value.string_value
-        elif which == "int_value":
-            out[key] = value.int_value
-        elif which is not None:
-            out[key] = pb_value(value, 0)
+        value = pb_attribute(kv.value)
+        if value is not ABSENT:
+            out[key] = value
     return out
+
+
+ABSENT: Any = object()  # an AnyValue with no field set: the attribute is left out
+
+
+def pb_attribute(value: Any) -> Any:
+    """A top-level attribute value as the mapping reads it (bytes as hex, arrays as lists), or :data:`ABSENT`."""
+    which = value.WhichOneof("value")
+    if which == "string_value":
+        return value.string_value
+    if which == "int_value":
+        return value.int_value
+    if which is None:
+        return ABSENT
+    return pb_value(value, 0)
 
 
 def pb_value(value: Any, depth: int) -> Any:

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError as _ProtobufDecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector import mapping as M
-from collector.otlp_decode import STATUS_ERROR, DecodeError, SpanRecord, pb_service_name, pb_value
+from collector.otlp_decode import ABSENT, STATUS_ERROR, DecodeError, SpanRecord, pb_attribute, pb_service_name
 from collector.price_cache import FastPricer
 from costline import spans as S
 from costline.pricing import LOCAL_PROVIDERS
@@ -141,13 +141,9 @@ def _read_attributes(attributes: Any) -> list[Any]:
         if guess:  # a non-default value is only read from the field that is set
             values[slot] = guess
             continue
-        which = value.WhichOneof("value")
-        if which == "string_value":
-            values[slot] = value.string_value
-        elif which == "int_value":
-            values[slot] = value.int_value
-        elif which is not None:
-            values[slot] = pb_value(value, 0)
+        read = pb_attribute(value)
+        if read is not ABSENT:
+            values[slot] = read
     return values
 
 
