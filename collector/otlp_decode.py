@@ -57,34 +57,37 @@ class SpanRecord:
 
 def decode_protobuf(body: bytes, keys: frozenset[str] | None = None) -> list[SpanRecord]:
     """Spans of an ExportTraceServiceRequest; with ``keys``, only those attributes are read (the rest cost time)."""
-    try:
-        request = ExportTraceServiceRequest.FromString(body)
-    except (_ProtobufDecodeError, RuntimeError, ValueError) as exc:
-        raise DecodeError(f"not an OTLP ExportTraceServiceRequest protobuf: {exc}") from None
     spans: list[SpanRecord] = []
-    append = spans.append
-    for resource_spans in request.resource_spans:
+    for resource_spans in parse_protobuf(body).resource_spans:
         service = pb_service_name(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
-            for s in scope_spans.spans:
-                trace_id, span_id, parent = s.trace_id, s.span_id, s.parent_span_id
-                status = s.status
-                append(
-                    SpanRecord(
-                        trace_id.hex() if len(trace_id) == 16 and trace_id != _ZERO_TRACE else "",
-                        span_id.hex() if len(span_id) == 8 and span_id != _ZERO_SPAN else "",
-                        parent.hex() if len(parent) == 8 and parent != _ZERO_SPAN else "",
-                        s.name,
-                        s.kind,
-                        s.start_time_unix_nano,
-                        s.end_time_unix_nano,
-                        status.code,
-                        status.message,
-                        _pb_attributes(s.attributes, keys),
-                        service,
-                    )
-                )
+            spans += [pb_span_record(s, _pb_attributes(s.attributes, keys), service) for s in scope_spans.spans]
     return spans
+
+
+def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
+    try:
+        return ExportTraceServiceRequest.FromString(body)
+    except (_ProtobufDecodeError, RuntimeError, ValueError) as exc:
+        raise DecodeError(f"not an OTLP ExportTraceServiceRequest protobuf: {exc}") from None
+
+
+def pb_span_record(span: Any, attributes: dict[str, Any], service: str | None) -> SpanRecord:
+    trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
+    status = span.status
+    return SpanRecord(
+        trace_id.hex() if len(trace_id) == 16 and trace_id != _ZERO_TRACE else "",
+        span_id.hex() if len(span_id) == 8 and span_id != _ZERO_SPAN else "",
+        parent.hex() if len(parent) == 8 and parent != _ZERO_SPAN else "",
+        span.name,
+        span.kind,
+        span.start_time_unix_nano,
+        span.end_time_unix_nano,
+        status.code,
+        status.message,
+        attributes,
+        service,
+    )
 
 
 _ZERO_TRACE, _ZERO_SPAN = bytes(16), bytes(8)

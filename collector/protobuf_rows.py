@@ -13,11 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
-from google.protobuf.message import DecodeError as _ProtobufDecodeError
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
 from collector import mapping as M
-from collector.otlp_decode import ABSENT, STATUS_ERROR, DecodeError, SpanRecord, pb_attribute, pb_service_name
+from collector.otlp_decode import ABSENT, STATUS_ERROR, parse_protobuf, pb_attribute, pb_service_name, pb_span_record
 from collector.price_cache import FastPricer
 from costline import spans as S
 from costline.pricing import LOCAL_PROVIDERS
@@ -96,12 +93,9 @@ _TOKENS: Final = M.MAX_TOKENS
 def map_protobuf(body: bytes, pricer: FastPricer, now_ns: int | None = None) -> M.MappedRequest:
     """What ``map_spans(decode_protobuf(body, ATTRIBUTES_READ), pricer, now_ns)`` returns, at a fraction of the CPU.
 
-    Raises :class:`DecodeError` for a payload that is not an ExportTraceServiceRequest.
+    Raises :class:`collector.otlp_decode.DecodeError` for a payload that is not an ExportTraceServiceRequest.
     """
-    try:
-        request = ExportTraceServiceRequest.FromString(body)
-    except (_ProtobufDecodeError, RuntimeError, ValueError) as exc:
-        raise DecodeError(f"not an OTLP ExportTraceServiceRequest protobuf: {exc}") from None
+    request = parse_protobuf(body)
     rows = M.RowCollector(pricer, now_ns)
     attempt_rows = rows.attempt_rows
     for resource_spans in request.resource_spans:
@@ -116,7 +110,8 @@ def map_protobuf(body: bytes, pricer: FastPricer, now_ns: int | None = None) -> 
                 if row is not None:
                     attempt_rows.append(row)
                 else:
-                    rows.add(_record(span, values, service))
+                    attributes = {key: value for key, value in zip(KEYS, values, strict=True) if value is not None}
+                    rows.add(pb_span_record(span, attributes, service))
     return rows.result()
 
 
@@ -145,24 +140,6 @@ def _read_attributes(attributes: Any) -> list[Any]:
         if read is not ABSENT:
             values[slot] = read
     return values
-
-
-def _record(span: Any, values: list[Any], service: str | None) -> SpanRecord:
-    trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
-    status = span.status
-    return SpanRecord(
-        trace_id.hex() if len(trace_id) == 16 and trace_id != _ZERO_TRACE else "",
-        span_id.hex() if len(span_id) == 8 and span_id != _ZERO_SPAN else "",
-        parent.hex() if len(parent) == 8 and parent != _ZERO_SPAN else "",
-        span.name,
-        span.kind,
-        span.start_time_unix_nano,
-        span.end_time_unix_nano,
-        status.code,
-        status.message,
-        {key: value for key, value in zip(KEYS, values, strict=True) if value is not None},
-        service,
-    )
 
 
 def _attempt_row(
