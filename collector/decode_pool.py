@@ -176,7 +176,11 @@ class Decoder:
         (or have failed to start, when requests are decoded in the collector process)."""
         if self._workers > 0:
             self._warming = True
-            self._pool_if_ready()
+            try:
+                self._pool_if_ready()
+            except Exception as exc:  # e.g. no process can be spawned: requests are decoded here
+                self._warming = False
+                log.error("decoder processes did not start (%s); decoding in the collector process", exc)
 
     @property
     def warming(self) -> bool:

@@ -461,3 +461,22 @@ def test_the_decoder_pool_pipes_hold_a_whole_request(tmp_path: Path) -> None:
         pool = collector.decoder._pool
         sizes = [fcntl.fcntl(end.fileno(), get_size) for end in (pool._call_queue._writer, pool._result_queue._reader)]
     assert sizes == [decode_pool.PIPE_BYTES] * 2
+
+
+def test_a_collector_whose_decode_workers_cannot_start_is_ready_and_decodes_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class NoProcesses(decode_pool.ProcessPoolExecutor):
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            raise OSError("Resource temporarily unavailable")  # what fork/spawn says at the process limit
+
+    monkeypatch.setattr(decode_pool, "ProcessPoolExecutor", NoProcesses)
+    config = collector_config(tmp_path / "ledger.duckdb", collector={"decode_workers": 1})
+    with Collector(config) as collector:
+        collector.decoder.start()
+        collector.decoder.pool_min_bytes = 0
+        spans = [_json_span(f"00000000000003{i:02x}", **_claude()) for i in range(3)]
+        answer = _post(f"{collector.otlp_url}/v1/traces", _json_body(*spans), "application/json")
+        assert collector.ready
+        stored = rows(collector, "SELECT count(*) FROM attempts")
+    assert answer[0] == 200 and stored == [(3,)]
