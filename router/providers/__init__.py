@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from costline.pricing import TokenUsage
@@ -30,3 +31,20 @@ class Endpoint:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         default = 443 if parts.scheme == "https" else 80
         return cls(parts.hostname or "", parts.port or default)
+
+
+class LazyClients:
+    """A provider's SDK clients, sync and async, made on first use; closing releases their connections."""
+
+    _client: Any = None
+    _async_client: Any = None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def aclose(self) -> None:
+        if self._async_client is not None:
+            await self._async_client.close()
+            self._async_client = None

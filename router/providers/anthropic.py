@@ -15,13 +15,13 @@ import anthropic
 
 from costline.pricing import TokenUsage
 from router.errors import ProviderFailure, classify_anthropic
-from router.providers import Endpoint, Reply
+from router.providers import Endpoint, LazyClients, Reply
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 MISSING_KEY = "ANTHROPIC_API_KEY is not set; export it to let the router escalate to Claude"
 
 
-class AnthropicProvider:
+class AnthropicProvider(LazyClients):
     name = "anthropic"
 
     def __init__(self, base_url: str, timeout_s: float, max_tokens: int) -> None:
@@ -84,16 +84,6 @@ class AnthropicProvider:
         if system:
             request["system"] = system
         return request
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    async def aclose(self) -> None:
-        if self._async_client is not None:
-            await self._async_client.close()
-            self._async_client = None
 
 
 def _reply(message: Any) -> Reply:

@@ -11,12 +11,12 @@ import ollama
 
 from costline.pricing import TokenUsage
 from router.errors import ProviderFailure, classify_ollama
-from router.providers import Endpoint, Reply
+from router.providers import Endpoint, LazyClients, Reply
 
 NS_PER_S = 1e9
 
 
-class OllamaProvider:
+class OllamaProvider(LazyClients):
     name = "ollama"
 
     def __init__(self, host: str, timeout_s: float) -> None:
@@ -53,16 +53,6 @@ class OllamaProvider:
             return collector.reply()
         except Exception as exc:
             raise collector.failed(classify_ollama(exc, self.host)) from exc
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    async def aclose(self) -> None:
-        if self._async_client is not None:
-            await self._async_client.close()
-            self._async_client = None
 
 
 class _StreamCollector:
