@@ -209,7 +209,8 @@ def test_unaccountable_genai_spans_are_a_partial_success(collector: Collector) -
     assert sample(values, "costline_ingest_spans_total", result="stored") == 1
 
 
-def test_a_full_queue_answers_503_with_retry_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _stall_ledger_writes(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Each ledger write waits for ``release``; ``entered`` is set once one has started."""
     release, entered = threading.Event(), threading.Event()
     original = ledger_module.LedgerWriter.write
 
@@ -219,6 +220,11 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path: Path, monkeypatch: 
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(ledger_module.LedgerWriter, "write", slow_write)
+    return release, entered
+
+
+def test_a_full_queue_answers_503_with_retry_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    release, entered = _stall_ledger_writes(monkeypatch)
     config = collector_config(tmp_path / "ledger.duckdb", collector={"max_queued_spans": 1})
     with Collector(config) as collector:
         url = f"{collector.otlp_url}/v1/traces"
@@ -389,15 +395,7 @@ def test_a_port_in_use_fails_start_and_releases_the_ledger(tmp_path: Path) -> No
 
 
 def test_too_many_bodies_in_flight_answer_503_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    release, entered = threading.Event(), threading.Event()
-    original = ledger_module.LedgerWriter.write
-
-    def slow_write(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
-        entered.set()
-        assert release.wait(10)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(ledger_module.LedgerWriter, "write", slow_write)
+    release, entered = _stall_ledger_writes(monkeypatch)
     body = _json_body(_json_span("00000000000000f1", **_claude()))
     monkeypatch.setattr("collector.service.MAX_IN_FLIGHT_BYTES", 1)  # the bound: one body, not two
     config = collector_config(tmp_path / "ledger.duckdb", collector={"max_request_bytes": len(body) + 10})
