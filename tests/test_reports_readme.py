@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -35,6 +36,12 @@ def sql_examples() -> list[str]:
     return [statement.strip() for statement in block.split(";") if statement.strip()]
 
 
+def as_of(statement: str, day: date) -> str:
+    """The statement as it runs on ``day``: the examples' relative windows read ``current_date``, pinned here so
+    their result does not depend on the day the test runs."""
+    return statement.replace("current_date", f"DATE '{day.isoformat()}'")
+
+
 @pytest.fixture
 def ledger(tmp_path: Path) -> Path:
     data = scenario(NOW)
@@ -60,7 +67,7 @@ def test_the_sql_examples_run_as_written(ledger: Path, tmp_path: Path, monkeypat
     examples = sql_examples()
     assert len(examples) >= 6
     con = duckdb.connect(str(ledger), read_only=True)
-    results = {example.splitlines()[0]: con.sql(example).fetchall() for example in examples}
+    results = {example.splitlines()[0]: con.sql(as_of(example, NOW.date())).fetchall() for example in examples}
     con.close()
     savings = next(rows for title, rows in results.items() if "savings" in title)
     assert savings and savings[0][2] is not None
