@@ -102,8 +102,10 @@ SELECT {_hex16("t_hi")} || {_hex16("t_lo")} AS trace_id,
        CASE WHEN provider = 'ollama' THEN 11434 ELSE 443 END AS server_port,
        'costline-router' AS service_name,
        start_time + to_microseconds(CAST(duration_s * 1e6 AS BIGINT)) AS ingested_at,
-       xor(s, t_lo) AS span_key,
-       xor(p, t_lo) AS parent_key
+       s AS span_key,
+       p AS parent_key,
+       NULL AS cost_disagrees,
+       'costline' AS emitter
 FROM m
 """
 
@@ -123,7 +125,7 @@ SELECT {_hex16(_h("k", 20))} || {_hex16(_h("k", 21))} AS trace_id,
        4.0 AS duration_s,
        'costline-router' AS service_name,
        make_timestamp(CAST($start_us + k * 5 // 4 * $step_us AS BIGINT) + 4000000)::TIMESTAMPTZ AS ingested_at,
-       xor({_h("k", 22)}, {_h("k", 21)}) AS span_key
+       {_h("k", 22)} AS span_key
 FROM range($first * 4 // 5, ($first + $rows) * 4 // 5) t(k)
 """
 

@@ -2,14 +2,14 @@
 
 Writes come in batches of many requests (see :mod:`collector.writer`): the batch is one Arrow table, inserted in
 one transaction. Deduplication never touches an index (``ON CONFLICT`` on a growing table slows to a crawl): each
-row carries ``span_key``, a UBIGINT from (trace_id, span_id), and one probe per batch asks which of the batch's
-keys the ledger already holds. The probe is restricted to the batch's start-time range; a re-sent span has the same
-start time, and DuckDB skips row groups outside the range by their min/max, so the probe stays cheap however large
-the ledger grows. Key hits are confirmed on the exact ids before a row is treated as a duplicate.
+row carries ``span_key``, the span id as a UBIGINT, and one probe per batch asks which of the batch's keys the
+ledger already holds, whatever their start time (a span is the same span when its ids are, even re-sent with
+another start time). The probe reads only the key column; key hits are confirmed on the exact (trace_id, span_id)
+before a row is treated as a duplicate, so distinct ids never collide.
 
-The same probe resolves nesting: a GenAI span whose parent is a stored (or batched) GenAI span repeats that call
-and is skipped; a GenAI span whose GenAI child was stored first (exported in an earlier request) is skipped too, so
-one model call is counted once whichever order the spans arrive in.
+A second probe, restricted to the batch's time range (DuckDB skips row groups by their min/max), resolves nesting:
+of a GenAI parent and child describing one call, one is kept — the one with usage, else the outer one, else the one
+stored first — so one model call is counted once whichever order the spans arrive in.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ CHECKPOINT_SHARE_OF_MEMORY = 0.5
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)\s*$", re.IGNORECASE)
 _UNIT = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
+# Rows written by other tools carry no key yet; ledgers of schema 1 folded the trace id into it.
 _BACKFILL_KEYS = """
-UPDATE {table} SET span_key = xor(('0x' || span_id)::UBIGINT, ('0x' || right(trace_id, 16))::UBIGINT)
-WHERE span_key IS NULL AND length(span_id) = 16 AND length(trace_id) = 32;
+UPDATE {table} SET span_key = ('0x' || span_id)::UBIGINT
+WHERE (span_key IS NULL OR $rekey) AND length(span_id) = 16;
 """
 
 
@@ -123,8 +124,14 @@ def _migrate(con: duckdb.DuckDBPyConnection, file: Path) -> None:
     try:
         con.execute("BEGIN")
         con.execute(TABLES)
-        for table, column in (("attempts", "span_key"), ("attempts", "parent_key"), ("tasks", "span_key")):
-            con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} UBIGINT")
+        for table, column, kind in (
+            ("attempts", "span_key", "UBIGINT"),
+            ("attempts", "parent_key", "UBIGINT"),
+            ("attempts", "cost_disagrees", "BOOLEAN"),
+            ("attempts", "emitter", "VARCHAR"),
+            ("tasks", "span_key", "UBIGINT"),
+        ):
+            con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
         con.execute(_INGEST_COUNTS)
         versions = [row[0] for row in con.execute("SELECT version FROM schema_version").fetchall()]
         if versions and max(versions) > SCHEMA_VERSION:
@@ -132,14 +139,15 @@ def _migrate(con: duckdb.DuckDBPyConnection, file: Path) -> None:
                 f"ledger {file} has schema version {max(versions)}, newer than this costline understands "
                 f"({SCHEMA_VERSION}); upgrade costline"
             )
+        rekey = bool(versions) and SCHEMA_VERSION not in versions
         if SCHEMA_VERSION not in versions:
             con.execute("INSERT INTO schema_version (version) VALUES (?)", [SCHEMA_VERSION])
-        for table in ("attempts", "tasks"):  # rows written by other tools carry no key yet
-            con.execute(_BACKFILL_KEYS.format(table=table))
+        for table in ("attempts", "tasks"):
+            con.execute(_BACKFILL_KEYS.format(table=table), {"rekey": rekey})
         con.execute(
-            "UPDATE attempts SET parent_key = xor(('0x' || parent_span_id)::UBIGINT, "
-            "('0x' || right(trace_id, 16))::UBIGINT) "
-            "WHERE parent_key IS NULL AND length(parent_span_id) = 16 AND length(trace_id) = 32"
+            "UPDATE attempts SET parent_key = ('0x' || parent_span_id)::UBIGINT "
+            "WHERE (parent_key IS NULL OR $rekey) AND length(parent_span_id) = 16",
+            {"rekey": rekey},
         )
         create_views(con)
         con.execute("COMMIT")
@@ -203,53 +211,45 @@ class LedgerWriter:
         batch, in_batch_dups = _unique(batch)
         lo = pc.min(batch.column("start_time")).as_py()
         hi = pc.max(batch.column("end_time")).as_py()
-        check_parent = batch.column("check_parent")
-        need_parents = pc.any(check_parent).as_py()
+        need_parents = pc.any(batch.column("check_parent")).as_py()
         self._con.register("attempt_batch", batch)
-        # One scan of the ledger answers: which batch spans are stored already (same start time), which batch spans
-        # already have a stored GenAI child (it started within the parent), which batch spans have a stored parent.
-        parent_lo = lo - PARENT_WINDOW if need_parents else lo
-        # The batch is read from Arrow once (each Arrow scan costs ~0.3 ms whatever its size), then three times here.
-        hits = self._con.execute(
-            """
+        # Identity: the same ids at any start time. Nesting: a parent started at most PARENT_WINDOW before its
+        # child, so that part of the probe skips row groups by start time.
+        stored = self._con.execute(
+            "SELECT trace_id, span_id FROM attempts WHERE span_key IN (SELECT span_key FROM attempt_batch)"
+        ).fetchall()
+        related = self._con.execute(
+            f"""
             WITH b AS MATERIALIZED (SELECT span_key, parent_key, check_parent FROM attempt_batch)
-            SELECT a.span_key, a.parent_key, a.trace_id, a.span_id
+            SELECT a.trace_id, a.span_id, a.parent_span_id, {_HAS_USAGE.format(t="a.")}
             FROM attempts a
             WHERE a.start_time BETWEEN $lo AND $hi
-              AND (a.span_key IN (SELECT span_key FROM b)
-                   OR a.parent_key IN (SELECT span_key FROM b)
+              AND (a.parent_key IN (SELECT span_key FROM b)
                    OR ($need_parents AND a.span_key IN (SELECT parent_key FROM b WHERE check_parent)))
             """,
-            {"lo": parent_lo, "hi": hi, "need_parents": need_parents},
+            {"lo": lo - PARENT_WINDOW if need_parents else lo, "hi": hi, "need_parents": need_parents},
         ).fetchall()
         duplicates = nested = 0
-        if hits or need_parents:
-            keep, duplicates, nested = _resolve(batch, hits)
+        if stored or related or need_parents:
+            keep, duplicates, nested = _resolve(batch, stored, related)
             batch = batch.filter(pa.array(keep, pa.bool_()))
             self._con.unregister("attempt_batch")
             self._con.register("attempt_batch", batch)
-        stored = batch.drop_columns(["check_parent"])
-        if stored.num_rows:
+        stored_rows = batch.drop_columns(["check_parent"])
+        if stored_rows.num_rows:
             columns = ", ".join(ATTEMPT_COLUMNS)
             self._con.execute(
                 f"INSERT INTO attempts ({columns}, ingested_at) SELECT {columns}, now() FROM attempt_batch"
             )
-        return stored, duplicates + in_batch_dups, nested
+        return stored_rows, duplicates + in_batch_dups, nested
 
     def _insert_tasks(self, batch: pa.Table) -> tuple[pa.Table, int]:
         if batch.num_rows == 0:
             return batch, 0
         batch, in_batch_dups = _unique(batch)
         self._con.register("task_batch", batch)
-        lo = pc.min(batch.column("start_time")).as_py()
-        hi = pc.max(batch.column("start_time")).as_py()
         hits = self._con.execute(
-            """
-            SELECT t.trace_id, t.span_id FROM tasks t
-            WHERE t.start_time BETWEEN $lo AND $hi
-              AND t.span_key IN (SELECT span_key FROM task_batch)
-            """,
-            {"lo": lo, "hi": hi},
+            "SELECT t.trace_id, t.span_id FROM tasks t WHERE t.span_key IN (SELECT span_key FROM task_batch)"
         ).fetchall()
         duplicates = 0
         if hits:
@@ -268,32 +268,55 @@ class LedgerWriter:
         return batch, duplicates + in_batch_dups
 
 
-def _resolve(batch: pa.Table, hits: list[tuple[int, int | None, str, str]]) -> tuple[list[bool], int, int]:
-    """Which batch rows to keep, given the ledger rows the probe found; counts duplicates and nested spans."""
-    stored_ids = {(t, s) for _, _, t, s in hits}
-    stored_keys = {k for k, _, _, _ in hits}
-    keys_with_stored_child = {p for _, p, _, _ in hits if p is not None}
-    key_list = batch.column("span_key").to_pylist()
-    batch_keys = set(key_list)
-    keep: list[bool] = []
-    duplicates = nested = 0
-    for key, trace, span, parent, check in zip(
-        key_list,
-        batch.column("trace_id").to_pylist(),
-        batch.column("span_id").to_pylist(),
-        batch.column("parent_key").to_pylist(),
-        batch.column("check_parent").to_pylist(),
-        strict=True,
-    ):
-        if key in stored_keys and (trace, span) in stored_ids:
-            duplicates += 1
-            keep.append(False)
-        elif (check and (parent in batch_keys or parent in stored_keys)) or key in keys_with_stored_child:
+_HAS_USAGE = (
+    "({t}input_tokens IS NOT NULL OR {t}output_tokens IS NOT NULL OR {t}cache_read_tokens IS NOT NULL "
+    "OR {t}cache_write_tokens IS NOT NULL) AS has_usage"
+)
+
+
+def _resolve(
+    batch: pa.Table, stored: list[tuple[str, str]], related: list[tuple[str, str, str | None, bool]]
+) -> tuple[list[bool], int, int]:
+    """Which batch rows to keep, and how many were duplicates and nested repeats of another span's call.
+
+    ``stored``: ledger rows with a batch row's ids. ``related``: ledger rows that are a batch row's GenAI parent or
+    child. Of a GenAI parent and child, one is kept: the one with usage; if both or neither have it, the outer one,
+    or whichever the ledger already holds. All matching is on exact ids.
+    """
+    stored_ids = set(stored)
+    traces = batch.column("trace_id").to_pylist()
+    spans = batch.column("span_id").to_pylist()
+    parents = batch.column("parent_span_id").to_pylist()
+    checks = batch.column("check_parent").to_pylist()
+    usage = [
+        any(values)
+        for values in zip(
+            *(pc.is_valid(batch.column(c)).to_pylist() for c in _TOKEN_COLUMNS),
+            strict=True,
+        )
+    ]
+    in_batch = {(t, s): i for i, (t, s) in enumerate(zip(traces, spans, strict=True))}
+    ledger_span = {(t, s): u for t, s, _, u in related}
+    ledger_child = {(t, p): u for t, _, p, u in related if p}
+    keep = [(t, s) not in stored_ids for t, s in zip(traces, spans, strict=True)]
+    duplicates = keep.count(False)
+    nested = 0
+    for i, (trace, span, parent, check) in enumerate(zip(traces, spans, parents, checks, strict=True)):
+        if not keep[i]:
+            continue
+        if check and (trace, parent) in in_batch:  # a nested pair within the batch
+            j = in_batch[(trace, parent)]
+            if keep[j]:
+                loser = j if usage[i] and not usage[j] else i
+                keep[loser] = False
+                nested += 1
+        elif (check and (trace, parent) in ledger_span) or (trace, span) in ledger_child:  # the stored one stays
+            keep[i] = False
             nested += 1
-            keep.append(False)
-        else:
-            keep.append(True)
     return keep, duplicates, nested
+
+
+_TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
 
 def _concat(tables: list[pa.Table], empty: pa.Table) -> pa.Table:

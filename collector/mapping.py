@@ -1,15 +1,17 @@
-"""Span records → ledger rows (DESIGN §2, §4).
+"""Spans → ledger rows (DESIGN §2, §4): the one mapping, used by every decoder.
 
 * A GenAI model-call span (it names a provider, a model or a model operation) becomes an ``attempts`` row; agent
   and tool spans (``invoke_agent``, ``execute_tool`` …) and non-GenAI spans are ignored, not errors.
 * A costline task span becomes a ``tasks`` row.
-* A GenAI span that cannot be accounted (no model, no provider, negative or absurd token counts, more cached than
-  input tokens, impossible timestamps, missing ids) is rejected with a reason; the receiver reports those in
-  ``partial_success``. Nothing half-valid reaches the ledger.
+* A GenAI span that cannot be accounted (no provider, negative or absurd token counts, cache counts an emitter
+  documented as inclusive cannot hold, impossible timestamps, missing ids) is rejected with a reason; the receiver
+  reports those in ``partial_success``. Nothing half-valid reaches the ledger.
 
-Other emitters' aliases map onto the same columns: ``gen_ai.system`` for the provider, ``prompt_tokens`` /
-``completion_tokens``, ``cache_write.input_tokens``, and carried costs (``gen_ai.usage.cost``, ``operation.cost``)
-kept as ``reported_cost_usd`` beside the cost computed here.
+Decoders hand each span's attributes over as a list indexed by :data:`SLOT` (only :data:`KEYS` are read), with the
+:class:`collector.emitters.Emitter` of its instrumentation scope. Which attribute carries which count, and whether
+input counts include cache, comes from that emitter's row alone. A span without usage is stored with a NULL cost
+(``price_source = 'no-usage'``), never $0. A cost the emitter carried is kept in ``reported_cost_usd``, and
+``cost_disagrees`` says whether it is further from costline's than :data:`COST_TOLERANCE` allows.
 
 Whether a nested GenAI span repeats its parent's model call needs the parent, which may sit in another request:
 the row carries ``check_parent`` and the ledger writer resolves it against the batch and the ledger.
@@ -17,6 +19,7 @@ the row carries ``check_parent`` and the ledger writer resolves it against the b
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -26,10 +29,12 @@ from typing import Any, Final
 
 import pyarrow as pa
 
+from collector import emitters as E
+from collector.emitters import Emitter
 from collector.otlp_decode import STATUS_ERROR, SpanRecord
 from collector.price_cache import FastPricer, usd_to_nanos
 from costline import spans as S
-from costline.pricing import LOCAL_PROVIDERS
+from costline.pricing import LOCAL_PROVIDERS, SOURCE_UNPRICED
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,8 @@ ATTEMPT_SCHEMA: Final = pa.schema(
         ("cost_usd", COST),
         ("counterfactual_usd", COST),
         ("reported_cost_usd", COST),
+        ("cost_disagrees", pa.bool_()),
+        ("emitter", pa.string()),
         ("price_source", pa.string()),
         ("server_address", pa.string()),
         ("server_port", pa.int32()),
@@ -105,38 +112,82 @@ ATTEMPT_COLUMNS: Final = tuple(n for n in ATTEMPT_SCHEMA.names if n != "check_pa
 TASK_COLUMNS: Final = tuple(TASK_SCHEMA.names)
 
 
-# Every attribute the mapping reads; decoders may skip the others.
-ATTRIBUTES_READ: Final = frozenset(
-    {
-        S.OPERATION_NAME,
-        S.PROVIDER_NAME,
-        S.ALIAS_SYSTEM,
-        S.REQUEST_MODEL,
-        S.RESPONSE_MODEL,
-        S.USAGE_INPUT_TOKENS,
-        S.ALIAS_PROMPT_TOKENS,
-        S.USAGE_OUTPUT_TOKENS,
-        S.ALIAS_COMPLETION_TOKENS,
-        S.USAGE_CACHE_READ_INPUT_TOKENS,
-        S.USAGE_CACHE_CREATION_INPUT_TOKENS,
-        S.ALIAS_CACHE_WRITE_INPUT_TOKENS,
-        S.ALIAS_COST_OPENLIT,
-        S.ALIAS_COST_LOGFIRE,
-        S.ERROR_TYPE,
-        S.SERVER_ADDRESS,
-        S.SERVER_PORT,
-        S.TASK_ID,
-        S.TASK_TYPE,
-        S.TASK_CRITICAL,
-        S.TASK_OUTCOME,
-        S.TASK_ESCALATED,
-        S.TASK_ATTEMPTS,
-        S.ATTEMPT_INDEX,
-        S.ATTEMPT_TIER,
-        S.ESCALATION_REASON,
-        S.LOCAL_COMPUTE_SECONDS,
-    }
-)
+SOURCE_NO_USAGE: Final = "no-usage"  # a GenAI span that reported no token counts: its cost is unknown, not $0
+# An emitter's own cost further than this from costline's (whichever bound is larger) is a disagreement.
+COST_TOLERANCE_RATIO: Final = 0.02
+COST_TOLERANCE_NANOS: Final = 1_000  # $0.000001
+
+_STRING, _INT, _DOUBLE, _BOOL = 0, 1, 2, 3
+# Every attribute the mapping reads, with the type it normally has; decoders skip the others.
+_EXPECTED: Final = {
+    S.OPERATION_NAME: _STRING,
+    S.PROVIDER_NAME: _STRING,
+    S.ALIAS_SYSTEM: _STRING,
+    S.REQUEST_MODEL: _STRING,
+    S.RESPONSE_MODEL: _STRING,
+    E.TELEMETRY_SDK_NAME: _STRING,
+    **{key: _STRING if key == E.USAGE_RAW else _DOUBLE if "cost" in key else _INT for key in E.USAGE_ATTRIBUTES},
+    S.ERROR_TYPE: _STRING,
+    S.SERVER_ADDRESS: _STRING,
+    S.SERVER_PORT: _INT,
+    S.TASK_ID: _STRING,
+    S.TASK_TYPE: _STRING,
+    S.TASK_CRITICAL: _BOOL,
+    S.TASK_OUTCOME: _STRING,
+    S.TASK_ESCALATED: _BOOL,
+    S.TASK_ATTEMPTS: _INT,
+    S.ATTEMPT_INDEX: _INT,
+    S.ATTEMPT_TIER: _STRING,
+    S.ESCALATION_REASON: _STRING,
+    S.LOCAL_COMPUTE_SECONDS: _DOUBLE,
+}
+KEYS: Final = tuple(_EXPECTED)
+ATTRIBUTES_READ: Final = frozenset(KEYS)
+SLOT: Final = {key: slot for slot, key in enumerate(KEYS)}
+EXPECTED_TYPE: Final = {key: (SLOT[key], kind) for key, kind in _EXPECTED.items()}
+STRING, INT, DOUBLE, BOOL = _STRING, _INT, _DOUBLE, _BOOL
+_OPERATION, _PROVIDER, _SYSTEM = SLOT[S.OPERATION_NAME], SLOT[S.PROVIDER_NAME], SLOT[S.ALIAS_SYSTEM]
+_REQUEST_MODEL, _RESPONSE_MODEL, _SDK_NAME = SLOT[S.REQUEST_MODEL], SLOT[S.RESPONSE_MODEL], SLOT[E.TELEMETRY_SDK_NAME]
+_ERROR_TYPE, _SERVER_ADDRESS, _SERVER_PORT = SLOT[S.ERROR_TYPE], SLOT[S.SERVER_ADDRESS], SLOT[S.SERVER_PORT]
+_TASK_ID, _TASK_TYPE, _TASK_OUTCOME = SLOT[S.TASK_ID], SLOT[S.TASK_TYPE], SLOT[S.TASK_OUTCOME]
+_TASK_CRITICAL, _TASK_ESCALATED, _TASK_ATTEMPTS = SLOT[S.TASK_CRITICAL], SLOT[S.TASK_ESCALATED], SLOT[S.TASK_ATTEMPTS]
+_ATTEMPT_INDEX, _TIER, _REASON = SLOT[S.ATTEMPT_INDEX], SLOT[S.ATTEMPT_TIER], SLOT[S.ESCALATION_REASON]
+_COMPUTE = SLOT[S.LOCAL_COMPUTE_SECONDS]
+
+
+@dataclass(frozen=True, slots=True)
+class _Reads:
+    """An emitter's attribute names as (slot, name) pairs, in the order they are tried."""
+
+    input: tuple[tuple[int, str], ...]
+    output: tuple[tuple[int, str], ...]
+    cache_read: tuple[tuple[int, str], ...]
+    cache_write: tuple[tuple[int, str], ...]
+    cost: tuple[int, ...]
+    raw_usage: int | None
+
+
+def _reads(e: Emitter) -> _Reads:
+    def pairs(keys: tuple[str, ...]) -> tuple[tuple[int, str], ...]:
+        return tuple((SLOT[k], k) for k in keys)
+
+    return _Reads(
+        pairs(e.input),
+        pairs(e.output),
+        pairs(e.cache_read),
+        pairs(e.cache_write),
+        tuple(SLOT[k] for k in e.cost),
+        SLOT[e.raw_usage] if e.raw_usage else None,
+    )
+
+
+_READS: Final = {e: _reads(e) for e in E.EMITTERS}
+
+
+def attributes_to_slots(attributes: dict[str, Any]) -> list[Any]:
+    """A decoded attribute dict as the slot list the mapping reads."""
+    get = attributes.get
+    return [get(key) for key in KEYS]
 
 
 class Rejected(ValueError):
@@ -189,15 +240,32 @@ def _unpickle_request(
     return MappedRequest(_from_ipc(attempts, EMPTY_ATTEMPTS), _from_ipc(tasks, EMPTY_TASKS), rejected, ignored)
 
 
-def span_key(trace_id: str, span_id: str) -> int:
-    """A 64-bit dedupe key: the span id mixed with the low half of the trace id (exact ids are checked on a hit)."""
-    return int(span_id, 16) ^ int(trace_id[16:], 16)
+def span_key(span_id: str) -> int:
+    """The dedupe key: the span id's 64 bits. Span ids may repeat across traces, so a key hit is confirmed on the
+    exact (trace_id, span_id) before anything is treated as the same span."""
+    return int(span_id, 16)
 
 
 def map_spans(spans: list[SpanRecord], pricer: FastPricer, now_ns: int | None = None) -> MappedRequest:
     rows = RowCollector(pricer, now_ns)
+    emitters: dict[tuple[str, str | None], Emitter] = {}
     for span in spans:
-        rows.add(span)
+        scope = (span.scope_name, span.sdk_name)
+        emitter = emitters.get(scope)
+        if emitter is None:
+            emitter = emitters[scope] = E.emitter_for(*scope)
+        rows.add(
+            span.trace_id,
+            span.span_id,
+            span.parent_span_id,
+            span.name,
+            span.start_ns,
+            span.end_ns,
+            span.status_code,
+            span.service_name,
+            emitter,
+            attributes_to_slots(span.attributes),
+        )
     return rows.result()
 
 
@@ -212,20 +280,46 @@ class RowCollector:
         self.rejected: list[str] = []
         self.ignored = 0
 
-    def add(self, span: SpanRecord) -> None:
-        attrs = span.attributes
+    def add(
+        self,
+        trace_id: str,
+        span_id: str,
+        parent_span_id: str,
+        name: str,
+        start_ns: int,
+        end_ns: int,
+        status_code: int,
+        service: str | None,
+        emitter: Emitter,
+        v: list[Any],
+    ) -> None:
+        """One span: ids in lowercase hex ("" when missing or malformed), attributes by :data:`SLOT`."""
         try:
-            if _is_model_call(attrs):
-                self.attempt_rows.append(_attempt_row(span, attrs, self.pricer, self.now_ns))
-            elif S.TASK_OUTCOME in attrs or (S.TASK_ID in attrs and span.name.startswith("task ")):
-                self.task_rows.append(_task_row(span, attrs, self.now_ns))
+            if _is_model_call(v):
+                self.attempt_rows.append(
+                    _attempt_row(
+                        trace_id,
+                        span_id,
+                        parent_span_id,
+                        start_ns,
+                        end_ns,
+                        status_code,
+                        service,
+                        emitter,
+                        v,
+                        self.pricer,
+                        self.now_ns,
+                    )
+                )
+            elif v[_TASK_OUTCOME] is not None or (v[_TASK_ID] is not None and name.startswith("task ")):
+                self.task_rows.append(_task_row(trace_id, span_id, start_ns, end_ns, service, v, self.now_ns))
             else:
                 self.ignored += 1
         except Rejected as exc:
             self.rejected.append(str(exc))
         except Exception as exc:  # a shape nobody foresaw: refuse this span, keep the others
-            log.warning("span %s could not be mapped: %r", span.span_id or "(no id)", exc)
-            self.rejected.append(f"span could not be read ({type(exc).__name__}) (span {span.span_id or 'without id'})")
+            log.warning("span %s could not be mapped: %r", span_id or "(no id)", exc)
+            self.rejected.append(f"span could not be read ({type(exc).__name__}) (span {span_id or 'without id'})")
 
     def result(self) -> MappedRequest:
         return MappedRequest(
@@ -247,68 +341,104 @@ def _table(rows: list[tuple[Any, ...]], empty: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _is_model_call(attrs: dict[str, Any]) -> bool:
-    operation = attrs.get(S.OPERATION_NAME)
-    if isinstance(operation, str) and operation in NON_CALL_OPERATIONS:  # an array value is unhashable
+def _is_model_call(v: list[Any]) -> bool:
+    operation = v[_OPERATION]
+    if operation.__class__ is str and operation in NON_CALL_OPERATIONS:  # an array value is unhashable
         return False
     return (
         operation is not None
-        or S.PROVIDER_NAME in attrs
-        or S.ALIAS_SYSTEM in attrs
-        or S.REQUEST_MODEL in attrs
-        or S.RESPONSE_MODEL in attrs
+        or v[_PROVIDER] is not None
+        or v[_SYSTEM] is not None
+        or v[_REQUEST_MODEL] is not None
+        or v[_RESPONSE_MODEL] is not None
     )
 
 
-def _attempt_row(span: SpanRecord, a: dict[str, Any], pricer: FastPricer, now_ns: int) -> tuple[Any, ...]:
-    trace_id, span_id = span.trace_id, span.span_id
+def _attempt_row(
+    trace_id: str,
+    span_id: str,
+    parent_span_id: str,
+    start_ns: int,
+    end_ns: int,
+    status_code: int,
+    service: str | None,
+    emitter: Emitter,
+    v: list[Any],
+    pricer: FastPricer,
+    now_ns: int,
+) -> tuple[Any, ...]:
     if not trace_id or not span_id:
         raise Rejected("missing or malformed trace/span id")
     where = f" (span {span_id})"
-    start_ns, end_ns = span.start_ns, span.end_ns
     _check_times(start_ns, end_ns, now_ns, where)
 
-    provider = _name(a.get(S.PROVIDER_NAME) or a.get(S.ALIAS_SYSTEM), "provider", where)
-    request_model = _name(a.get(S.REQUEST_MODEL), "request model", where)
-    response_model = _name(a.get(S.RESPONSE_MODEL), "response model", where)
-    model = request_model or response_model
-    if not model:
-        raise Rejected(f"no gen_ai.request.model or gen_ai.response.model{where}")
+    raw_provider = v[_PROVIDER] or v[_SYSTEM]
+    provider = _name(raw_provider, "provider", where)
     if not provider:
         raise Rejected(f"no gen_ai.provider.name or gen_ai.system{where}")
+    provider = E.normalise_provider(provider)
+    request_model = _name(v[_REQUEST_MODEL], "request model", where)
+    response_model = _name(v[_RESPONSE_MODEL], "response model", where)
+    model = request_model or response_model
 
-    input_tokens = _tokens(a, S.USAGE_INPUT_TOKENS, S.ALIAS_PROMPT_TOKENS, where=where)
-    output_tokens = _tokens(a, S.USAGE_OUTPUT_TOKENS, S.ALIAS_COMPLETION_TOKENS, where=where)
-    cache_read = _tokens(a, S.USAGE_CACHE_READ_INPUT_TOKENS, where=where)
-    cache_write = _tokens(a, S.USAGE_CACHE_CREATION_INPUT_TOKENS, S.ALIAS_CACHE_WRITE_INPUT_TOKENS, where=where)
-    if (cache_read or 0) + (cache_write or 0) > (input_tokens or 0):
-        raise Rejected(f"cache read + cache write tokens exceed input tokens{where}")
+    if emitter is E.OTHER:  # OpenLIT marks every span it makes, whatever its scope
+        emitter = E.emitter_by_sdk_name(v[_SDK_NAME]) or emitter
+    reads = _READS[emitter]
+    input_tokens = _count(v, reads.input, where)
+    output_tokens = _count(v, reads.output, where)
+    cache_read = _count(v, reads.cache_read, where)
+    cache_write = _count(v, reads.cache_write, where)
+    if cache_read is None and cache_write is None and reads.raw_usage is not None and v[reads.raw_usage] is not None:
+        cache_read, cache_write = _raw_cache(v[reads.raw_usage])
+    cached = (cache_read or 0) + (cache_write or 0)
+    if cached:
+        if provider in emitter.input_excludes_cache:
+            input_tokens = (input_tokens or 0) + cached
+        elif cached > (input_tokens or 0):
+            if emitter.strict:
+                raise Rejected(
+                    f"cache read + cache write tokens exceed input tokens, which {emitter.name} counts with the "
+                    f"cache included{where}"
+                )
+            input_tokens = (input_tokens or 0) + cached  # only the exclusive reading is possible
+        if input_tokens > MAX_TOKENS:
+            raise Rejected(f"input tokens above {MAX_TOKENS:,} in one call{where}")
 
-    error_type = as_text(a.get(S.ERROR_TYPE))
-    failed = span.status_code == STATUS_ERROR or error_type is not None
-    compute_s = as_non_negative_float(a.get(S.LOCAL_COMPUTE_SECONDS))
+    error_type = _text(v[_ERROR_TYPE])
+    failed = status_code == STATUS_ERROR or error_type is not None
+    compute = v[_COMPUTE]
+    compute_s = compute if compute.__class__ is float and 0.0 <= compute < math.inf else as_non_negative_float(compute)
 
-    counts = (input_tokens or 0, output_tokens or 0, cache_read or 0, cache_write or 0)
-    cost, price_source = pricer.price_nanos(provider, model, *counts, at_ns=start_ns, compute_seconds=compute_s)
+    cost: int | None
     counterfactual = None
-    if provider in LOCAL_PROVIDERS and not failed:
-        counterfactual = pricer.counterfactual_nanos(*counts, at_ns=start_ns)
-    parent_span_id = span.parent_span_id or None
+    if input_tokens is None and output_tokens is None and cache_read is None and cache_write is None:
+        cost, price_source = None, SOURCE_NO_USAGE
+    elif not model:
+        cost, price_source = None, SOURCE_UNPRICED
+    else:
+        counts = (input_tokens or 0, output_tokens or 0, cache_read or 0, cache_write or 0)
+        cost, price_source = pricer.price_nanos(provider, model, *counts, at_ns=start_ns, compute_seconds=compute_s)
+        if provider in LOCAL_PROVIDERS and not failed:
+            counterfactual = pricer.counterfactual_nanos(*counts, at_ns=start_ns)
+    reported = _reported_cost(v, reads.cost)
+    disagrees = None if reported is None or cost is None else _disagree(reported, cost)
+    parent = parent_span_id or None
+    operation = v[_OPERATION]
     return (
         trace_id,
         span_id,
-        parent_span_id,
-        as_text(a.get(S.TASK_ID)),
-        as_text(a.get(S.TASK_TYPE)),
-        as_text(a.get(S.ATTEMPT_TIER)),
-        as_int32(a.get(S.ATTEMPT_INDEX)),
+        parent,
+        _text(v[_TASK_ID]),
+        _text(v[_TASK_TYPE]),
+        _text(v[_TIER]),
+        as_int32(v[_ATTEMPT_INDEX]),
         provider,
-        as_text(a.get(S.OPERATION_NAME)),
+        operation[:MAX_TEXT_CHARS] or None if operation.__class__ is str else as_text(operation),
         request_model,
         response_model,
         "error" if failed else "success",
         error_type,
-        as_text(a.get(S.ESCALATION_REASON)),
+        _text(v[_REASON]),
         start_ns // 1000,
         end_ns // 1000,
         (end_ns - start_ns) / 1e9,
@@ -319,40 +449,48 @@ def _attempt_row(span: SpanRecord, a: dict[str, Any], pricer: FastPricer, now_ns
         compute_s,
         cost,
         counterfactual,
-        _reported_cost(a),
+        reported,
+        disagrees,
+        emitter.name,
         price_source,
-        as_text(a.get(S.SERVER_ADDRESS)),
-        as_port(a.get(S.SERVER_PORT)),
-        span.service_name,
-        span_key(trace_id, span_id),
-        span_key(trace_id, parent_span_id) if parent_span_id else None,
-        parent_span_id is not None and S.ATTEMPT_TIER not in a,
+        _text(v[_SERVER_ADDRESS]),
+        as_port(v[_SERVER_PORT]),
+        service,
+        int(span_id, 16),
+        int(parent, 16) if parent else None,
+        parent is not None and v[_TIER] is None,
     )
 
 
-def _task_row(span: SpanRecord, a: dict[str, Any], now_ns: int) -> tuple[Any, ...]:
-    trace_id, span_id = span.trace_id, span.span_id
+def _disagree(reported: int, cost: int) -> bool:
+    difference = abs(reported - cost)
+    return difference > COST_TOLERANCE_NANOS and difference > COST_TOLERANCE_RATIO * max(reported, cost)
+
+
+def _task_row(
+    trace_id: str, span_id: str, start_ns: int, end_ns: int, service: str | None, v: list[Any], now_ns: int
+) -> tuple[Any, ...]:
     if not trace_id or not span_id:
         raise Rejected("missing or malformed trace/span id")
     where = f" (task span {span_id})"
-    task_id = as_text(a.get(S.TASK_ID))
+    task_id = as_text(v[_TASK_ID])
     if not task_id:
         raise Rejected(f"task span without costline.task.id{where}")
-    _check_times(span.start_ns, span.end_ns, now_ns, where)
+    _check_times(start_ns, end_ns, now_ns, where)
     return (
         trace_id,
         span_id,
         task_id,
-        as_text(a.get(S.TASK_TYPE)),
-        _bool(a.get(S.TASK_CRITICAL)),
-        as_text(a.get(S.TASK_OUTCOME)),
-        _bool(a.get(S.TASK_ESCALATED)),
-        as_int32(a.get(S.TASK_ATTEMPTS)),
-        span.start_ns // 1000,
-        span.end_ns // 1000,
-        (span.end_ns - span.start_ns) / 1e9,
-        span.service_name,
-        span_key(trace_id, span_id),
+        as_text(v[_TASK_TYPE]),
+        _bool(v[_TASK_CRITICAL]),
+        as_text(v[_TASK_OUTCOME]),
+        _bool(v[_TASK_ESCALATED]),
+        as_int32(v[_TASK_ATTEMPTS]),
+        start_ns // 1000,
+        end_ns // 1000,
+        (end_ns - start_ns) / 1e9,
+        service,
+        int(span_id, 16),
     )
 
 
@@ -370,32 +508,77 @@ def _check_times(start_ns: int, end_ns: int, now_ns: int, where: str) -> None:
 def _name(value: Any, what: str, where: str) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str):
+    if value.__class__ is not str:
         raise Rejected(f"{what} is not a string{where}")
     if len(value) > MAX_NAME_CHARS:
         raise Rejected(f"{what} longer than {MAX_NAME_CHARS} characters{where}")
     return value
 
 
-def _tokens(a: dict[str, Any], *keys: str, where: str) -> int | None:
-    for key in keys:
-        value = a.get(key)
+def _count(v: list[Any], reads: tuple[tuple[int, str], ...], where: str) -> int | None:
+    """The first of an emitter's attributes for one count that is present, checked."""
+    for slot, key in reads:
+        value = v[slot]
         if value is None:
             continue
-        if type(value) is int:
-            count = value
-        elif (isinstance(value, float) and value.is_integer()) or (
-            isinstance(value, str) and value.strip().lstrip("-").isdigit()
-        ):
-            count = int(value)
-        else:
-            raise Rejected(f"{key} is not a whole number{where}")
-        if count < 0:
-            raise Rejected(f"negative {key}{where}")
-        if count > MAX_TOKENS:
-            raise Rejected(f"{key} above {MAX_TOKENS:,} in one call{where}")
-        return count
+        if value.__class__ is int and 0 <= value <= MAX_TOKENS:
+            return value
+        return _checked_count(value, key, where)
     return None
+
+
+def _checked_count(value: Any, key: str, where: str) -> int:
+    if type(value) is int:
+        count = value
+    elif (isinstance(value, float) and value.is_integer()) or (
+        isinstance(value, str) and value.strip().lstrip("-").isdigit()
+    ):
+        count = int(value)
+    else:
+        raise Rejected(f"{key} is not a whole number{where}")
+    if count < 0:
+        raise Rejected(f"negative {key}{where}")
+    if count > MAX_TOKENS:
+        raise Rejected(f"{key} above {MAX_TOKENS:,} in one call{where}")
+    return count
+
+
+# Cache counts inside a raw provider usage object (Anthropic's, then OpenAI's names).
+_RAW_READ: Final = ("cache_read_input_tokens",)
+_RAW_WRITE: Final = ("cache_creation_input_tokens",)
+_RAW_DETAILS: Final = ("prompt_tokens_details", "input_tokens_details")
+
+
+def _raw_cache(raw: Any) -> tuple[int | None, int | None]:
+    """Cache reads and writes from a raw usage object (a JSON string or a map); what cannot be read is None."""
+    if isinstance(raw, str):
+        if len(raw) > 65_536:
+            return None, None
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None, None
+    if not isinstance(raw, dict):
+        return None, None
+
+    def whole(value: Any) -> int | None:
+        return value if type(value) is int and 0 <= value <= MAX_TOKENS else None
+
+    read = next((whole(raw[k]) for k in _RAW_READ if k in raw), None)
+    write = next((whole(raw[k]) for k in _RAW_WRITE if k in raw), None)
+    if read is None:
+        for key in _RAW_DETAILS:
+            details = raw.get(key)
+            if isinstance(details, dict) and "cached_tokens" in details:
+                read = whole(details["cached_tokens"])
+                break
+    return read, write
+
+
+def _text(value: Any) -> str | None:
+    if value.__class__ is str:
+        return value[:MAX_TEXT_CHARS] or None
+    return as_text(value)
 
 
 def as_text(value: Any) -> str | None:
@@ -432,11 +615,13 @@ def as_non_negative_float(value: Any) -> float | None:
     return None
 
 
-def _reported_cost(a: dict[str, Any]) -> int | None:
+def _reported_cost(v: list[Any], slots: tuple[int, ...]) -> int | None:
     """A carried cost in nano-dollars; anything that is not a finite, non-negative amount is ignored."""
-    value = a.get(S.ALIAS_COST_OPENLIT)
-    if value is None:
-        value = a.get(S.ALIAS_COST_LOGFIRE)
+    value = None
+    for slot in slots:
+        value = v[slot]
+        if value is not None:
+            break
     if value is None or isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
     try:

@@ -36,7 +36,7 @@ REFUSED_ERROR_TYPES = ("quota_exhausted", "budget_exhausted")  # escalations the
 QUOTA_ESCALATIONS = "escalations_per_hour"
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write")
 
-_MODEL = "coalesce(request_model, response_model)"
+_MODEL = "coalesce(request_model, response_model, '')"  # a span naming no model is labelled ""
 _ERROR_TYPE_LABEL = (
     "CASE WHEN outcome = 'success' THEN '' "
     f"WHEN error_type IN ({', '.join(repr(t) for t in ERROR_TYPES)}) THEN error_type ELSE 'other' END"
@@ -53,7 +53,7 @@ _ATTEMPT_AGGREGATES = f"""
 SELECT provider, {_MODEL} AS model, coalesce(tier, '') AS tier, outcome, {_ERROR_TYPE_LABEL} AS error_type,
        count(*) AS attempts,
        coalesce(sum(cost_usd), 0) AS cost,
-       count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced,
+       count(*) FILTER (WHERE cost_usd IS NULL AND price_source IS DISTINCT FROM 'no-usage') AS unpriced,
        coalesce(sum(counterfactual_usd), 0) AS counterfactual,
        count(counterfactual_usd) AS counterfactual_n,
        coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
@@ -309,14 +309,20 @@ def _attempt_aggregates(rows: pa.Table) -> list[tuple[Any, ...]]:
     table = pa.table(
         {
             "provider": rows.column("provider"),
-            "model": pc.coalesce(rows.column("request_model"), rows.column("response_model")),
+            "model": pc.coalesce(rows.column("request_model"), rows.column("response_model"), pa.scalar("")),
             "tier": pc.fill_null(tier, _EMPTY),
             "outcome": rows.column("outcome"),
             "error_label": pc.if_else(success, _EMPTY, pc.if_else(known, error_type, _OTHER)),
             "reason": pc.fill_null(rows.column("escalation_reason"), _EMPTY),
             "bucket": bucket,
             "cost_usd": rows.column("cost_usd"),
-            "unpriced": pc.cast(pc.is_null(rows.column("cost_usd")), pa.int64()),
+            "unpriced": pc.cast(
+                pc.and_(
+                    pc.is_null(rows.column("cost_usd")),
+                    pc.fill_null(pc.not_equal(rows.column("price_source"), "no-usage"), True),
+                ),
+                pa.int64(),
+            ),
             "counterfactual_usd": rows.column("counterfactual_usd"),
             "input_tokens": rows.column("input_tokens"),
             "output_tokens": rows.column("output_tokens"),

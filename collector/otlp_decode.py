@@ -18,6 +18,7 @@ from typing import Any
 from google.protobuf.message import DecodeError as _ProtobufDecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from collector.emitters import TELEMETRY_SDK_NAME
 from costline.spans import SERVICE_NAME
 
 STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
@@ -50,6 +51,8 @@ class SpanRecord:
     status_message: str
     attributes: dict[str, Any] = field(default_factory=dict)
     service_name: str | None = None
+    scope_name: str = ""  # the instrumentation scope that made the span
+    sdk_name: str | None = None  # the resource's telemetry.sdk.name
 
 
 # --- protobuf -------------------------------------------------------------------------------------------------------
@@ -59,9 +62,13 @@ def decode_protobuf(body: bytes, keys: frozenset[str] | None = None) -> list[Spa
     """Spans of an ExportTraceServiceRequest; with ``keys``, only those attributes are read (the rest cost time)."""
     spans: list[SpanRecord] = []
     for resource_spans in parse_protobuf(body).resource_spans:
-        service = pb_service_name(resource_spans.resource.attributes)
+        service, sdk_name = pb_resource_names(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
-            spans += [pb_span_record(s, _pb_attributes(s.attributes, keys), service) for s in scope_spans.spans]
+            scope = scope_spans.scope.name
+            for s in scope_spans.spans:
+                record = pb_span_record(s, _pb_attributes(s.attributes, keys), service)
+                record.scope_name, record.sdk_name = scope, sdk_name
+                spans.append(record)
     return spans
 
 
@@ -93,12 +100,17 @@ def pb_span_record(span: Any, attributes: dict[str, Any], service: str | None) -
 _ZERO_TRACE, _ZERO_SPAN = bytes(16), bytes(8)
 
 
-def pb_service_name(attributes: Any) -> str | None:
+def pb_resource_names(attributes: Any) -> tuple[str | None, str | None]:
+    """The resource's ``service.name`` and ``telemetry.sdk.name`` (None where missing or not a string)."""
+    service = sdk = None
     for kv in attributes:
         if kv.key == SERVICE_NAME:
             value = pb_value(kv.value, 0)
-            return value if isinstance(value, str) else None
-    return None
+            service = value if isinstance(value, str) else None
+        elif kv.key == TELEMETRY_SDK_NAME:
+            value = pb_value(kv.value, 0)
+            sdk = value if isinstance(value, str) else None
+    return service, sdk
 
 
 def _pb_attributes(attributes: Any, keys: frozenset[str] | None) -> dict[str, Any]:
@@ -158,9 +170,13 @@ def decode_json(body: bytes) -> list[SpanRecord]:
     spans: list[SpanRecord] = []
     for resource_spans in _list(document, "resourceSpans", "resource_spans"):
         resource = _obj(resource_spans, "resource")
-        service = _json_attributes(_list(resource, "attributes")).get(SERVICE_NAME)
+        resource_attributes = _json_attributes(_list(resource, "attributes"))
+        service = resource_attributes.get(SERVICE_NAME)
         service = service if isinstance(service, str) else None
+        sdk_name = resource_attributes.get(TELEMETRY_SDK_NAME)
+        sdk_name = sdk_name if isinstance(sdk_name, str) else None
         for scope_spans in _list(resource_spans, "scopeSpans", "scope_spans"):
+            scope_name = _str(_field(_obj(scope_spans, "scope"), "name"))
             for s in _list(scope_spans, "spans"):
                 if not isinstance(s, dict):
                     raise DecodeError("each span must be a JSON object")
@@ -178,6 +194,8 @@ def decode_json(body: bytes) -> list[SpanRecord]:
                         _str(_field(status, "message")),
                         _json_attributes(_list(s, "attributes")),
                         service,
+                        scope_name,
+                        sdk_name,
                     )
                 )
     return spans

@@ -6,7 +6,7 @@ Span and trace ids are lowercase hex, as every OpenTelemetry UI shows them.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: span_key is the span id itself; cost_disagrees and emitter
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -39,14 +39,16 @@ CREATE TABLE IF NOT EXISTS attempts (
     local_compute_s     DOUBLE,             -- costline.local.compute_seconds
     cost_usd            DECIMAL(18, 9),     -- NULL: unpriced
     counterfactual_usd  DECIMAL(18, 9),     -- local successes: the same tokens on the escalation model
-    reported_cost_usd   DECIMAL(18, 9),     -- a cost the emitter carried (gen_ai.usage.cost, operation.cost)
-    price_source        VARCHAR,            -- config | genai-prices | local-compute | local-free | unpriced
+    reported_cost_usd   DECIMAL(18, 9),     -- a cost the emitter computed (gen_ai.usage.cost, operation.cost)
+    price_source        VARCHAR,            -- config | genai-prices | local-compute | local-free | unpriced | no-usage
     server_address      VARCHAR,
     server_port         INTEGER,
     service_name        VARCHAR,
     ingested_at         TIMESTAMPTZ NOT NULL,
-    span_key            UBIGINT,            -- internal: 64-bit dedupe key of (trace_id, span_id)
-    parent_key          UBIGINT             -- internal: span_key of the parent span
+    span_key            UBIGINT,            -- internal: the span id's 64 bits (ids are confirmed on a hit)
+    parent_key          UBIGINT,            -- internal: span_key of the parent span
+    cost_disagrees      BOOLEAN,            -- reported_cost_usd differs from cost_usd beyond the tolerance
+    emitter             VARCHAR             -- the instrumentation recognised (docs/emitters.md)
 );
 
 CREATE TABLE IF NOT EXISTS tasks (
@@ -63,6 +65,6 @@ CREATE TABLE IF NOT EXISTS tasks (
     duration_s   DOUBLE NOT NULL,
     service_name VARCHAR,
     ingested_at  TIMESTAMPTZ NOT NULL,
-    span_key     UBIGINT                    -- internal: 64-bit dedupe key of (trace_id, span_id)
+    span_key     UBIGINT                    -- internal: the span id's 64 bits
 );
 """

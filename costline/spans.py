@@ -33,6 +33,9 @@ ALIAS_COMPLETION_TOKENS: Final = "gen_ai.usage.completion_tokens"
 ALIAS_CACHE_WRITE_INPUT_TOKENS: Final = "gen_ai.usage.cache_write.input_tokens"
 ALIAS_COST_OPENLIT: Final = "gen_ai.usage.cost"
 ALIAS_COST_LOGFIRE: Final = "operation.cost"
+# OpenLLMetry up to 0.47 names its cache counts without the dot.
+ALIAS_CACHE_READ_INPUT_TOKENS_FLAT: Final = "gen_ai.usage.cache_read_input_tokens"
+ALIAS_CACHE_CREATION_INPUT_TOKENS_FLAT: Final = "gen_ai.usage.cache_creation_input_tokens"
 
 # costline's own attributes.
 TASK_ID: Final = "costline.task.id"

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import emitter_spans
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -22,6 +23,7 @@ from test_collector_support import (
     SONNET_45,
     attempt,
     collector_config,
+    ns,
     otel,
     rows,
     sample,
@@ -290,79 +292,34 @@ def test_a_restart_continues_every_counter_from_the_ledger(tmp_path: Path) -> No
     assert sample(later, "costline_escalations_total", reason="threshold", model=SONNET_45) == 1
 
 
-def test_other_emitters_are_accounted_through_their_aliases(tmp_path: Path) -> None:
-    start = RECENT
+def test_every_emitter_is_accounted_from_its_real_span_shape(tmp_path: Path) -> None:
+    start = ns(RECENT)
     with Collector(collector_config(tmp_path / "ledger.duckdb")) as collector:
-        with otel(collector, service="someone-elses-app") as (tracer, provider):
-            with tracer.start_as_current_span("POST /summarise", kind=SpanKind.SERVER):  # not GenAI: ignored
-                openllmetry = tracer.start_span(
-                    "anthropic.chat",
-                    kind=SpanKind.CLIENT,
-                    attributes={
-                        S.ALIAS_SYSTEM: "anthropic",
-                        S.REQUEST_MODEL: "claude-haiku-4-5",
-                        S.ALIAS_PROMPT_TOKENS: 2000,
-                        S.ALIAS_COMPLETION_TOKENS: 100,
-                        S.ALIAS_COST_OPENLIT: 0.0031,
-                    },
-                    start_time=int(start.timestamp() * 1e9),
-                )
-                openllmetry.end(end_time=int(start.timestamp() * 1e9) + 800_000_000)
-                logfire = tracer.start_span(
-                    "Message with 'claude-sonnet-4-5'",
-                    attributes={
-                        S.ALIAS_SYSTEM: "anthropic",
-                        S.REQUEST_MODEL: SONNET_45,
-                        S.USAGE_INPUT_TOKENS: 1000,
-                        S.USAGE_OUTPUT_TOKENS: 500,
-                        S.USAGE_CACHE_READ_INPUT_TOKENS: 200,
-                        S.ALIAS_CACHE_WRITE_INPUT_TOKENS: 100,
-                        S.ALIAS_COST_LOGFIRE: "0.02",
-                    },
-                    start_time=int(start.timestamp() * 1e9),
-                )
-                logfire.end(end_time=int(start.timestamp() * 1e9) + 900_000_000)
-                agent = tracer.start_span("invoke_agent helper", attributes={S.OPERATION_NAME: "invoke_agent"})
-                agent.end()
+        with otel(collector, service="someone-elses-app") as (_, provider):
+            for n, fixture in enumerate(emitter_spans.SPANS):
+                tracer = provider.get_tracer(fixture.scope)
+                span = tracer.start_span(fixture.span_name, kind=SpanKind.CLIENT, attributes={
+                    **fixture.attributes, "fixture": n}, start_time=start)  # fmt: skip
+                span.end(end_time=start + 800_000_000)
             assert provider.force_flush()
-        got = rows(
-            collector,
-            "SELECT provider, request_model, tier, task_id, input_tokens, output_tokens, cache_read_tokens, "
-            "cache_write_tokens, cost_usd, reported_cost_usd, service_name FROM attempts ORDER BY request_model",
-        )
+        columns = ["provider", "request_model", "input_tokens", "output_tokens", "cache_read_tokens",
+                   "cache_write_tokens", "cost_usd", "reported_cost_usd", "cost_disagrees", "emitter",
+                   "price_source", "counterfactual_usd IS NOT NULL AS local"]  # fmt: skip
+        got = rows(collector, f"SELECT {', '.join(columns)} FROM attempts ORDER BY start_time, span_id")
+        by_name = [dict(zip([c.split()[-1] for c in columns], row, strict=True)) for row in got]
         values = samples(scrape(collector))
-    assert got == [
-        (
-            "anthropic",
-            "claude-haiku-4-5",
-            None,
-            None,
-            2000,
-            100,
-            None,
-            None,
-            Decimal("0.0025"),
-            Decimal("0.0031"),
-            "someone-elses-app",
-        ),
-        (
-            "anthropic",
-            SONNET_45,
-            None,
-            None,
-            1000,
-            500,
-            200,
-            100,
-            Decimal("0.010035"),
-            Decimal("0.02"),
-            "someone-elses-app",
-        ),
-    ]
-    haiku = {"provider": "anthropic", "model": "claude-haiku-4-5"}
-    assert sample(values, "costline_attempts_total", **haiku, tier="", outcome="success", error_type="") == 1
-    assert sample(values, "costline_cost_usd_total", **haiku) == 0.0025
-    assert sample(values, "costline_ingest_spans_total", result="stored") == 2
+    assert len(by_name) == len(emitter_spans.SPANS)
+    for fixture in emitter_spans.SPANS:
+        expected = {k: Decimal(v) if k.endswith("_usd") and v is not None else v for k, v in fixture.expected.items()}
+        matches = [r for r in by_name if all(r[k] == v for k, v in expected.items())]
+        assert matches, (fixture.name, expected, by_name)
+    assert sample(values, "costline_ingest_spans_total", result="stored") == len(emitter_spans.SPANS)
+    assert sample(values, "costline_ingest_spans_total", result="rejected") in (None, 0)
+    providers = {dict(labels)["provider"] for name, labels in values if name == "costline_attempts_total"}
+    assert providers == {"anthropic", "ollama"}  # "Anthropic" and "Ollama" are the same providers
+    assert (
+        sample(values, "costline_unpriced_attempts_total", provider="ollama", model="") is None
+    )  # no usage: not unpriced
 
 
 def _sdk_attributes(model: str = SONNET_45) -> dict[str, object]:

@@ -45,6 +45,11 @@ def _span(span_id: str = "00f067aa0ba902b7", *, start: int = START, end: int | N
     )
 
 
+def _scoped(scope: str, span: SpanRecord) -> SpanRecord:
+    span.scope_name = scope
+    return span
+
+
 def _claude(**overrides: Any) -> dict[str, Any]:
     attrs = {
         S.PROVIDER_NAME: "anthropic",
@@ -59,15 +64,17 @@ def _claude(**overrides: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("span", "reason"),
     [
-        (_span(**_claude(**{S.REQUEST_MODEL: None})), "no gen_ai.request.model or gen_ai.response.model"),
         (_span(**_claude(**{S.PROVIDER_NAME: None})), "no gen_ai.provider.name or gen_ai.system"),
         (_span(**_claude(**{S.USAGE_OUTPUT_TOKENS: -1})), "negative gen_ai.usage.output_tokens"),
         (_span(**_claude(**{S.USAGE_INPUT_TOKENS: 10**12})), "gen_ai.usage.input_tokens above 100,000,000 in one call"),
         (_span(**_claude(**{S.USAGE_INPUT_TOKENS: "lots"})), "gen_ai.usage.input_tokens is not a whole number"),
         (_span(**_claude(**{S.USAGE_INPUT_TOKENS: 1.5})), "gen_ai.usage.input_tokens is not a whole number"),
         (
-            _span(**_claude(**{S.USAGE_CACHE_READ_INPUT_TOKENS: 800, S.USAGE_CACHE_CREATION_INPUT_TOKENS: 300})),
-            "cache read + cache write tokens exceed input tokens",
+            _scoped(
+                "costline.router",
+                _span(**_claude(**{S.USAGE_CACHE_READ_INPUT_TOKENS: 800, S.USAGE_CACHE_CREATION_INPUT_TOKENS: 300})),
+            ),
+            "cache read + cache write tokens exceed input tokens, which costline counts with the cache included",
         ),
         (_span(start=0, **_claude()), "start time missing or before 2000-01-01"),
         (_span(start=NOW_NS + 3 * 86_400 * 10**9, **_claude()), "start time more than a day in the future"),
@@ -228,7 +235,7 @@ def test_a_mapped_request_survives_the_trip_from_a_decode_worker(pricer: FastPri
         "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b9", "", "task general", 1, START, START + 10**9, 0, "",
         {S.TASK_ID: "t1", S.TASK_OUTCOME: "success", S.TASK_ATTEMPTS: 1},
     )  # fmt: skip
-    rejected = _span("00f067aa0ba902b8", **{S.PROVIDER_NAME: "ollama"})  # no model
+    rejected = _span("00f067aa0ba902b8", **{S.REQUEST_MODEL: "qwen3:8b"})  # no provider
     spans = [_span(**{S.PROVIDER_NAME: "ollama", S.REQUEST_MODEL: "qwen3:8b"}), task, rejected]
     full = map_spans(spans, pricer, now_ns=NOW_NS)
     assert (full.attempts.num_rows, full.tasks.num_rows, len(full.rejected)) == (1, 1, 1)
