@@ -30,7 +30,8 @@ def assert_rows_sound(mapped: MappedRequest, now_ns: int) -> None:
         assert (row["cache_read_tokens"] or 0) + (row["cache_write_tokens"] or 0) <= (row["input_tokens"] or 0), row
         assert row["provider"] and len(row["provider"]) <= MAX_NAME_CHARS, row
         model = row["request_model"] or row["response_model"]
-        assert model and len(model) <= MAX_NAME_CHARS, row
+        assert model is None or 0 < len(model) <= MAX_NAME_CHARS, row  # a span naming no model is stored unpriced
+        assert model is not None or row["cost_usd"] is None, row
         assert row["outcome"] in ("success", "error")
         for money in ("cost_usd", "counterfactual_usd", "reported_cost_usd"):
             assert row[money] is None or row[money] >= 0, row
