@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from collector.views import ATTEMPT_MEASURES, ESCALATION_MADE, REFUSED_ERROR_TYPES, SAVINGS_MEASURES, with_views
+from collector.views import ATTEMPT_MEASURES, ESCALATION_MADE, SAVINGS_MEASURES, with_views
+from costline.spans import REFUSAL_ERROR_TYPES
 
 # --by names → columns of attempt_costs. Only these names ever reach the SQL text.
 GROUP_COLUMNS: dict[str, str] = {
@@ -267,7 +268,7 @@ def _task_counts_distinct(
 
 
 _ESCALATED = "tier = 'escalation'"
-_REFUSED = f"coalesce(error_type, '') IN ({', '.join(repr(t) for t in REFUSED_ERROR_TYPES)})"
+_REFUSED = f"coalesce(error_type, '') IN ({', '.join(repr(t) for t in REFUSAL_ERROR_TYPES)})"
 # Per task first, then per task type: one pass instead of several DISTINCT aggregates over every attempt.
 _ESCALATION_BY_TASK_TYPE = f"""
 SELECT task_type,

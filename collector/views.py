@@ -16,6 +16,7 @@ from __future__ import annotations
 import duckdb
 
 from costline.pricing import LOCAL_PROVIDERS
+from costline.spans import REFUSAL_ERROR_TYPES
 
 _LOCAL_PROVIDERS_SQL = ", ".join(f"'{provider}'" for provider in sorted(LOCAL_PROVIDERS))
 
@@ -98,11 +99,10 @@ WHERE tier = 'escalation'
 
 # A task escalated when one of its escalation-tier attempts was made: an escalation refused by the quota or a budget
 # never reached the cloud, so it does not count (as in the router's costline.task.escalated and the metrics).
-REFUSED_ERROR_TYPES = ("quota_exhausted", "budget_exhausted")
 ESCALATION_MADE = (
-    f"tier = 'escalation' AND coalesce(error_type, '') NOT IN ({', '.join(repr(t) for t in REFUSED_ERROR_TYPES)})"
+    f"tier = 'escalation' AND coalesce(error_type, '') NOT IN ({', '.join(repr(t) for t in REFUSAL_ERROR_TYPES)})"
 )
-ESCALATION_REFUSED = f"tier = 'escalation' AND error_type IN ({', '.join(repr(t) for t in REFUSED_ERROR_TYPES)})"
+ESCALATION_REFUSED = f"tier = 'escalation' AND error_type IN ({', '.join(repr(t) for t in REFUSAL_ERROR_TYPES)})"
 
 ESCALATION_RATE = f"""
 SELECT day,

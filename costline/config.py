@@ -51,6 +51,7 @@ class EscalationConfig:
     max_calls_per_hour: int = 50
     base_url: str = ""  # empty: ANTHROPIC_BASE_URL or the SDK default
     max_tokens: int = 4096
+    timeout_s: float = 600.0  # a streamed answer may take minutes; each read and the whole answer are bounded by it
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,7 @@ def _validate(c: Config) -> None:
         s,
     )
     _check(e.max_tokens >= 1, "escalation.max_tokens", e.max_tokens, "must be >= 1", s)
+    _check(e.timeout_s > 0, "escalation.timeout_s", e.timeout_s, "must be > 0 seconds, e.g. 600", s)
     _check(not e.base_url or _is_url(e.base_url), "escalation.base_url", e.base_url, 'use a URL like "https://…"', s)
     _check(b.daily_usd >= 0, "budgets.daily_usd", b.daily_usd, "must be >= 0 (0 means no daily budget)", s)
     _check(b.monthly_usd >= 0, "budgets.monthly_usd", b.monthly_usd, "must be >= 0 (0 means no monthly budget)", s)

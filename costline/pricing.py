@@ -79,6 +79,19 @@ class Pricer:
             return self._local(compute_seconds)
         return _catalogue_price(provider, model, usage, _hour(at))
 
+    def upper_bound(self, provider: str, model: str, bound: TokenUsage) -> Decimal:
+        """The most a call within ``bound`` can cost: its input priced at the dearer of the plain and the cache-write
+        rate (a call may write its whole prompt to the cache), its output in full. Unpriceable: an error, since an
+        escalation model is checked for a price when the router starts."""
+        as_input = self.price(provider, model, TokenUsage(bound.input_tokens, bound.output_tokens))
+        as_cache_write = self.price(
+            provider, model, TokenUsage(bound.input_tokens, bound.output_tokens, cache_write_tokens=bound.input_tokens)
+        )
+        costs = [p.usd for p in (as_input, as_cache_write) if p.usd is not None]
+        if not costs:
+            raise ValueError(f"no price is known for {provider} model {model!r}")
+        return max(costs)
+
     def counterfactual(self, usage: TokenUsage, *, at: datetime | None = None) -> Price:
         """What the same tokens would have cost on the configured escalation model."""
         return self.price("anthropic", self._escalation_model, usage, at=at)

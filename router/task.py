@@ -6,10 +6,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 Validator = Callable[[str], str | None]
-Outcome = Literal["completed", "failed", "quota_exhausted"]
 
 
 @dataclass
@@ -61,7 +60,9 @@ class AttemptRecord:
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
-    cost_usd: Decimal | None = Decimal(0)
+    cost_usd: Decimal | None = Decimal(0)  # None: unpriced
+    cost_estimated: bool = False  # the call ended before its usage arrived: cost_usd is its reserved upper bound
+    billed: bool = True  # False: a cloud call that ended before the model began answering (costs nothing)
     duration_s: float = 0.0
     escalation_reason: str | None = None
     compute_seconds: float | None = None  # local models: prompt eval + eval time (estimated on failures)
@@ -72,7 +73,7 @@ class TaskResult:
     task_id: str
     ok: bool
     text: str | None
-    outcome: Outcome
+    outcome: str  # one of costline.spans.TASK_OUTCOMES
     escalated: bool
     attempts: list[AttemptRecord]
     cost_usd: Decimal

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from costline import spans as attr
 from costline.config import Config
-from router.providers import Endpoint, Reply
+from router.providers import CallProgress, Endpoint, Reply
 from router.task import AttemptRecord, Task
 
 TRACES_PATH = "/v1/traces"
@@ -69,85 +69,104 @@ def build_tracer_provider(
 
 
 class Telemetry:
+    """Starts and ends the task and attempt spans. Each is current from start to end, so spans made meanwhile by any
+    other instrumentation nest under it: one model call is never counted twice by a collector."""
+
     def __init__(self, tracer_provider: trace.TracerProvider, capture_content: bool) -> None:
         self.tracer = tracer_provider.get_tracer(INSTRUMENTATION_NAME)
         self.capture_content = capture_content
 
-    def start_task(self, task: Task, critical: bool) -> trace.Span:
-        return self.tracer.start_span(
+    def start_task(self, task: Task, critical: bool) -> tuple[trace.Span, object]:
+        """The task span, a child of whatever span the caller has current (e.g. a request around ``router.run``)."""
+        span = self.tracer.start_span(
             attr.task_span_name(task.type),
             kind=SpanKind.INTERNAL,
             attributes={attr.TASK_ID: task.id, attr.TASK_TYPE: task.type, attr.TASK_CRITICAL: critical},
         )
+        return span, context.attach(trace.set_span_in_context(span))
 
-    def end_task(self, span: trace.Span, *, outcome: str, escalated: bool, attempts: int, error: str | None) -> None:
+    def end_task(
+        self, span: trace.Span, token: object, *, outcome: str, escalated: bool, attempts: int, error: str | None
+    ) -> None:
         span.set_attribute(attr.TASK_OUTCOME, outcome)
         span.set_attribute(attr.TASK_ESCALATED, escalated)
         span.set_attribute(attr.TASK_ATTEMPTS, attempts)
-        if outcome == "completed":
+        if outcome == attr.OUTCOME_COMPLETED:
             span.set_status(Status(StatusCode.OK))
         else:
             span.set_status(Status(StatusCode.ERROR, error))
         span.end()
+        context.detach(token)
 
-    def record_attempt(
+    def start_attempt(
         self,
-        parent: trace.Span,
         task: Task,
-        record: AttemptRecord,
         *,
-        start_ns: int,
-        end_ns: int,
+        index: int,
+        tier: str,
+        provider: str,
+        model: str,
+        reason: str | None,
         endpoint: Endpoint | None,
-        reply: Reply | None,
-        system: str | None,
-        messages: Sequence[Mapping[str, Any]],
-    ) -> None:
-        """Write the attempt span for a call that has already happened (or an escalation that was refused)."""
+    ) -> tuple[trace.Span, object]:
+        """The attempt span, started before the call; what the call returns is added by :meth:`end_attempt`."""
         attributes: dict[str, Any] = {
             attr.OPERATION_NAME: attr.OPERATION_CHAT,
-            attr.PROVIDER_NAME: record.provider,
-            attr.REQUEST_MODEL: record.model,
+            attr.PROVIDER_NAME: provider,
+            attr.REQUEST_MODEL: model,
             attr.TASK_ID: task.id,
             attr.TASK_TYPE: task.type,
-            attr.ATTEMPT_INDEX: record.index,
-            attr.ATTEMPT_TIER: record.tier,
+            attr.ATTEMPT_INDEX: index,
+            attr.ATTEMPT_TIER: tier,
         }
         if endpoint is not None:
             attributes[attr.SERVER_ADDRESS] = endpoint.address
             attributes[attr.SERVER_PORT] = endpoint.port
-        if record.escalation_reason:
-            attributes[attr.ESCALATION_REASON] = record.escalation_reason
-        if reply is not None:
-            if reply.response_model:
-                attributes[attr.RESPONSE_MODEL] = reply.response_model
-            if reply.response_id:
-                attributes[attr.RESPONSE_ID] = reply.response_id
-            if reply.finish_reasons:
-                attributes[attr.RESPONSE_FINISH_REASONS] = list(reply.finish_reasons)
-            attributes[attr.USAGE_INPUT_TOKENS] = reply.usage.input_tokens
-            attributes[attr.USAGE_OUTPUT_TOKENS] = reply.usage.output_tokens
+        if reason:
+            attributes[attr.ESCALATION_REASON] = reason
+        span = self.tracer.start_span(attr.attempt_span_name(model), kind=SpanKind.CLIENT, attributes=attributes)
+        return span, context.attach(trace.set_span_in_context(span))
+
+    def end_attempt(
+        self,
+        span: trace.Span,
+        token: object,
+        record: AttemptRecord,
+        *,
+        reply: Reply | None,
+        progress: CallProgress,
+        system: str | None,
+        messages: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """Record what the call returned — or, for a call that ended early, the usage it had reported so far."""
+        attributes: dict[str, Any] = {}
+        response_model = reply.response_model if reply is not None else progress.response_model
+        response_id = reply.response_id if reply is not None else progress.response_id
+        if response_model:
+            attributes[attr.RESPONSE_MODEL] = response_model
+        if response_id:
+            attributes[attr.RESPONSE_ID] = response_id
+        if reply is not None and reply.finish_reasons:
+            attributes[attr.RESPONSE_FINISH_REASONS] = list(reply.finish_reasons)
+        if reply is not None or progress.usage is not None:
+            attributes[attr.USAGE_INPUT_TOKENS] = record.input_tokens
+            attributes[attr.USAGE_OUTPUT_TOKENS] = record.output_tokens
             if record.provider == attr.PROVIDER_ANTHROPIC:
-                attributes[attr.USAGE_CACHE_READ_INPUT_TOKENS] = reply.usage.cache_read_tokens
-                attributes[attr.USAGE_CACHE_CREATION_INPUT_TOKENS] = reply.usage.cache_write_tokens
+                attributes[attr.USAGE_CACHE_READ_INPUT_TOKENS] = record.cache_read_tokens
+                attributes[attr.USAGE_CACHE_CREATION_INPUT_TOKENS] = record.cache_write_tokens
         if record.compute_seconds is not None:
             attributes[attr.LOCAL_COMPUTE_SECONDS] = record.compute_seconds
         if record.error_type:
             attributes[attr.ERROR_TYPE] = record.error_type
         if self.capture_content:
             attributes.update(_content(system, messages, reply))
-        span = self.tracer.start_span(
-            attr.attempt_span_name(record.model),
-            context=trace.set_span_in_context(parent),
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-            start_time=start_ns,
-        )
+        span.set_attributes(attributes)
         if record.ok:
             span.set_status(Status(StatusCode.OK))
         else:
             span.set_status(Status(StatusCode.ERROR, record.error_message))
-        span.end(end_time=end_ns)
+        span.end()
+        context.detach(token)
 
 
 def _content(system: str | None, messages: Sequence[Mapping[str, Any]], reply: Reply | None) -> dict[str, str]:

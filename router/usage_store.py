@@ -1,9 +1,11 @@
 """Escalation quota and USD budgets, shared by every router process on the machine (DESIGN §7).
 
-One SQLite file in WAL mode. Each escalation call reserves its slot with ``BEGIN IMMEDIATE`` (one writer at a
-time across processes) before the HTTP call, so two processes can never both take the last slot; the call's
-priced cost is recorded afterwards. The hourly quota is a rolling 60-minute window of calls; budgets sum the
-cost of calls made in the current UTC day and month. A restart forgets nothing: it is all in the file.
+One SQLite file in WAL mode. Each escalation call reserves its quota slot AND an upper bound of its cost in one
+``BEGIN IMMEDIATE`` transaction (one writer at a time across processes) before the HTTP call, so concurrent calls can
+never together spend more than a budget; the call is settled at its actual cost when it returns, or at the
+reservation, marked estimated, when its usage never arrived. The hourly quota is a rolling 60-minute window of calls;
+budgets sum the cost of calls made in the current UTC day and month, in-flight reservations included. A restart
+forgets nothing: it is all in the file, and a call whose process died stays counted at its reservation.
 """
 
 from __future__ import annotations
@@ -19,32 +21,43 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from costline import spans as attr
 from costline.config import Config
 from costline.pricing import TokenUsage
 
 WINDOW = timedelta(hours=1)
-STATUS_RESERVED = "reserved"  # slot taken, call in flight (or the process died during the call)
+STATUS_RESERVED = "reserved"  # slot and cost bound taken, call in flight (or its process died during the call)
 STATUS_SUCCEEDED = "succeeded"
-STATUS_FAILED = "failed"
+STATUS_FAILED = "failed"  # the call failed after Claude may have billed it (answer rejected, cut off, broken stream)
+STATUS_UNBILLED = "unbilled"  # Claude answered an error before generating (429, 529, 4xx): no cost, no slot
 STATUS_REFUSED = "refused"  # never called: quota or budget said no; takes no slot
+NOT_COUNTED = (STATUS_REFUSED, STATUS_UNBILLED)  # statuses that hold no quota slot
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS escalation_calls (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,                 -- unix seconds (UTC) when the slot was reserved
     task_id TEXT NOT NULL,
-    reason TEXT NOT NULL,             -- threshold | critical | requested
+    reason TEXT NOT NULL,             -- threshold | critical | requested | exhausted
     model TEXT NOT NULL,
-    status TEXT NOT NULL,             -- reserved | succeeded | failed | refused
+    status TEXT NOT NULL,             -- reserved | succeeded | failed | unbilled | refused
     error_type TEXT,
     input_tokens INTEGER NOT NULL DEFAULT 0,
     output_tokens INTEGER NOT NULL DEFAULT 0,
     cache_read_tokens INTEGER NOT NULL DEFAULT 0,
     cache_write_tokens INTEGER NOT NULL DEFAULT 0,
-    cost_usd TEXT NOT NULL DEFAULT '0'  -- exact decimal
+    cost_usd TEXT NOT NULL DEFAULT '0'  -- exact decimal: what counts against the budgets
 );
 CREATE INDEX IF NOT EXISTS escalation_calls_at ON escalation_calls (at);
 """
+# Columns added since the first release, added in place to older files.
+MIGRATIONS = (
+    ("reserved_usd", "TEXT NOT NULL DEFAULT '0'"),  # the upper bound reserved before the call
+    ("estimated", "INTEGER NOT NULL DEFAULT 0"),  # 1: cost_usd is the reservation, the actual usage never arrived
+    ("trace_id", "TEXT"),  # the attempt span's ids (lowercase hex), to match the ledger's row
+    ("span_id", "TEXT"),
+    ("settled_at", "REAL"),
+)
 
 Clock = Callable[[], datetime]
 
@@ -72,12 +85,38 @@ class Limits:
 @dataclass(frozen=True)
 class Reservation:
     call_id: int
+    bound_usd: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)
 class Refusal:
     error_type: str  # quota_exhausted | budget_exhausted
     message: str
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a reserved call turned out to be."""
+
+    status: str  # succeeded | failed | unbilled
+    usage: TokenUsage
+    cost_usd: Decimal | None  # None: unknown (usage never arrived, or unpriced): the reservation stands, estimated
+    error_type: str | None = None
+
+
+@dataclass(frozen=True)
+class CallRow:
+    """One escalation call as the usage store holds it (for ``costline reconcile``)."""
+
+    at: datetime
+    task_id: str
+    model: str
+    status: str
+    error_type: str | None
+    cost_usd: Decimal
+    estimated: bool
+    trace_id: str | None
+    span_id: str | None
 
 
 @dataclass(frozen=True)
@@ -103,6 +142,7 @@ class Headroom:
     daily_usd: Decimal
     spent_month_usd: Decimal
     monthly_usd: Decimal
+    reserved_usd: Decimal = Decimal(0)  # upper bounds held by calls in flight (counted in spent_* too)
 
 
 class UsageStore:
@@ -115,7 +155,7 @@ class UsageStore:
         self._initialise()
 
     def _initialise(self) -> None:
-        """Switch the file to WAL and create the tables, retrying while other processes do the same.
+        """Switch the file to WAL and create (or migrate) the tables, retrying while other processes do the same.
 
         SQLite answers "database is locked" at once, without waiting out the busy timeout, when two connections
         race to switch a new file to WAL or to upgrade a read lock to create tables: so routers started together
@@ -127,6 +167,7 @@ class UsageStore:
                 with self._connect() as db:
                     db.execute("PRAGMA journal_mode=WAL")
                     db.executescript(SCHEMA)
+                    _migrate(db)
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() >= deadline:
@@ -143,104 +184,128 @@ class UsageStore:
         finally:
             db.close()
 
-    def reserve(self, task_id: str, reason: str, model: str) -> Reservation | Refusal:
-        """Take an escalation slot if the quota and budgets allow it; otherwise record and return the refusal."""
+    def reserve(
+        self,
+        task_id: str,
+        reason: str,
+        model: str,
+        *,
+        bound_usd: Decimal = Decimal(0),
+        trace_id: str | None = None,
+        span_id: str | None = None,
+    ) -> Reservation | Refusal:
+        """Take a quota slot and reserve ``bound_usd`` (the most the call can cost) if the quota and budgets allow
+        both; otherwise record and return the refusal. One transaction, so concurrent callers can't both pass."""
         now = self._clock()
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                refusal = self._check(db, now)
+                refusal = self._check(db, now, bound_usd)
                 status = STATUS_REFUSED if refusal else STATUS_RESERVED
+                held = Decimal(0) if refusal else bound_usd
                 cursor = db.execute(
-                    "INSERT INTO escalation_calls (at, task_id, reason, model, status, error_type) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (now.timestamp(), task_id, reason, model, status, refusal.error_type if refusal else None),
+                    "INSERT INTO escalation_calls (at, task_id, reason, model, status, error_type, cost_usd, "
+                    "reserved_usd, estimated, trace_id, span_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        now.timestamp(),
+                        task_id,
+                        reason,
+                        model,
+                        status,
+                        refusal.error_type if refusal else None,
+                        str(held),
+                        str(held),
+                        0 if refusal else 1,
+                        trace_id,
+                        span_id,
+                    ),
                 )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        return refusal or Reservation(int(cursor.lastrowid or 0))
+        return refusal or Reservation(int(cursor.lastrowid or 0), bound_usd)
 
-    def record(
-        self,
-        reservation: Reservation,
-        *,
-        ok: bool,
-        usage: TokenUsage,
-        cost_usd: Decimal | None,
-        error_type: str | None = None,
-    ) -> None:
-        """Record what a reserved call did and cost."""
+    def settle(self, reservation: Reservation, settlement: Settlement) -> Decimal:
+        """Record what a reserved call did; returns what now counts against the budgets.
+
+        An unknown cost keeps the reservation, marked estimated: a call whose usage never arrived may still have
+        been billed, and the upper bound is the only figure that cannot under-count it.
+        """
+        if settlement.status == STATUS_UNBILLED:
+            cost, estimated = Decimal(0), False
+        elif settlement.cost_usd is None:
+            cost, estimated = reservation.bound_usd, True
+        else:
+            cost, estimated = settlement.cost_usd, False
+        u = settlement.usage
         with self._connect() as db:
             db.execute(
                 "UPDATE escalation_calls SET status = ?, error_type = ?, input_tokens = ?, output_tokens = ?, "
-                "cache_read_tokens = ?, cache_write_tokens = ?, cost_usd = ? WHERE id = ?",
+                "cache_read_tokens = ?, cache_write_tokens = ?, cost_usd = ?, estimated = ?, settled_at = ? "
+                "WHERE id = ?",
                 (
-                    STATUS_SUCCEEDED if ok else STATUS_FAILED,
-                    error_type,
-                    usage.input_tokens,
-                    usage.output_tokens,
-                    usage.cache_read_tokens,
-                    usage.cache_write_tokens,
-                    str(cost_usd if cost_usd is not None else Decimal(0)),
+                    settlement.status,
+                    settlement.error_type,
+                    u.input_tokens,
+                    u.output_tokens,
+                    u.cache_read_tokens,
+                    u.cache_write_tokens,
+                    str(cost),
+                    int(estimated),
+                    self._clock().timestamp(),
                     reservation.call_id,
                 ),
             )
+        return cost
 
-    def _check(self, db: sqlite3.Connection, now: datetime) -> Refusal | None:
+    def _check(self, db: sqlite3.Connection, now: datetime, bound_usd: Decimal) -> Refusal | None:
         limit = self.limits.max_calls_per_hour
-        window_start = (now - WINDOW).timestamp()
-        rows = db.execute(
-            "SELECT at FROM escalation_calls WHERE status != ? AND at > ? ORDER BY at",
-            (STATUS_REFUSED, window_start),
-        ).fetchall()
+        rows = _calls_in_window(db, now)
         if len(rows) >= limit:
             if limit == 0:
-                return Refusal("quota_exhausted", "escalation quota is 0 (escalation.max_calls_per_hour = 0)")
+                return Refusal(attr.ERROR_QUOTA_EXHAUSTED, "escalation quota is 0 (escalation.max_calls_per_hour = 0)")
             # The slot frees when enough of the oldest calls age out of the window.
             frees_at = datetime.fromtimestamp(rows[len(rows) - limit][0], UTC) + WINDOW
             minutes = max(1, math.ceil((frees_at - now).total_seconds() / 60))
-            return Refusal("quota_exhausted", f"escalation quota reached ({limit}/h); next slot in {minutes} min")
-        day_start, month_start = _day_start(now), _month_start(now)
-        if self.limits.daily_usd > 0:
-            spent = _spent_since(db, day_start)
-            if spent >= self.limits.daily_usd:
+            return Refusal(
+                attr.ERROR_QUOTA_EXHAUSTED, f"escalation quota reached ({limit}/h); next slot in {minutes} min"
+            )
+        month_start = _month_start(now)
+        for period, budget, since, resets in (
+            ("daily", self.limits.daily_usd, _day_start(now), "at 00:00 UTC"),
+            ("monthly", self.limits.monthly_usd, month_start, f"on {_next_month(month_start):%Y-%m-%d} at 00:00 UTC"),
+        ):
+            if budget <= 0:
+                continue
+            spent, reserved = _spent_since(db, since)
+            if spent + reserved + bound_usd > budget:
                 return Refusal(
-                    "budget_exhausted",
-                    f"daily budget reached (${_money(spent)} spent of ${_money(self.limits.daily_usd)}); "
-                    "resets at 00:00 UTC",
-                )
-        if self.limits.monthly_usd > 0:
-            spent = _spent_since(db, month_start)
-            if spent >= self.limits.monthly_usd:
-                resets = _next_month(month_start)
-                return Refusal(
-                    "budget_exhausted",
-                    f"monthly budget reached (${_money(spent)} spent of ${_money(self.limits.monthly_usd)}); "
-                    f"resets on {resets:%Y-%m-%d} at 00:00 UTC",
+                    attr.ERROR_BUDGET_EXHAUSTED,
+                    f"{period} budget of ${_money(budget)} reached: ${_money(spent)} spent + ${_money(reserved)} "
+                    f"reserved by calls in flight, and this call may cost up to ${_money(bound_usd)}; resets {resets}",
                 )
         return None
 
     def headroom(self) -> Headroom:
         now = self._clock()
         with self._connect() as db:
-            rows = db.execute(
-                "SELECT at FROM escalation_calls WHERE status != ? AND at > ? ORDER BY at",
-                (STATUS_REFUSED, (now - WINDOW).timestamp()),
-            ).fetchall()
+            rows = _calls_in_window(db, now)
             limit = self.limits.max_calls_per_hour
             next_slot = None
             if len(rows) >= limit > 0:
                 next_slot = datetime.fromtimestamp(rows[len(rows) - limit][0], UTC) + WINDOW
+            spent_today, reserved_today = _spent_since(db, _day_start(now))
+            spent_month, reserved_month = _spent_since(db, _month_start(now))
             return Headroom(
                 calls_last_hour=len(rows),
                 max_calls_per_hour=limit,
                 next_slot_at=next_slot,
-                spent_today_usd=_spent_since(db, _day_start(now)),
+                spent_today_usd=spent_today + reserved_today,
                 daily_usd=self.limits.daily_usd,
-                spent_month_usd=_spent_since(db, _month_start(now)),
+                spent_month_usd=spent_month + reserved_month,
                 monthly_usd=self.limits.monthly_usd,
+                reserved_usd=reserved_month,
             )
 
     def usage_today(self) -> list[ReasonUsage]:
@@ -258,9 +323,9 @@ class UsageStore:
         return [
             ReasonUsage(
                 reason=reason,
-                calls=sum(1 for r in group if r[1] != STATUS_REFUSED),
+                calls=sum(1 for r in group if r[1] not in NOT_COUNTED),
                 succeeded=sum(1 for r in group if r[1] == STATUS_SUCCEEDED),
-                failed=sum(1 for r in group if r[1] == STATUS_FAILED),
+                failed=sum(1 for r in group if r[1] in (STATUS_FAILED, STATUS_UNBILLED)),
                 refused=sum(1 for r in group if r[1] == STATUS_REFUSED),
                 input_tokens=sum(r[2] for r in group),
                 output_tokens=sum(r[3] for r in group),
@@ -271,10 +336,63 @@ class UsageStore:
             for reason, group in by_reason.items()
         ]
 
+    def calls(self, since: datetime, until: datetime) -> list[CallRow]:
+        """Every escalation call the router made in [since, until): refusals excluded, since they called nothing."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT at, task_id, model, status, error_type, cost_usd, estimated, trace_id, span_id "
+                "FROM escalation_calls WHERE at >= ? AND at < ? AND status != ? ORDER BY at",
+                (since.timestamp(), until.timestamp(), STATUS_REFUSED),
+            ).fetchall()
+        return [
+            CallRow(
+                at=datetime.fromtimestamp(r[0], UTC),
+                task_id=r[1],
+                model=r[2],
+                status=r[3],
+                error_type=r[4],
+                cost_usd=Decimal(r[5]),
+                estimated=bool(r[6]),
+                trace_id=r[7],
+                span_id=r[8],
+            )
+            for r in rows
+        ]
 
-def _spent_since(db: sqlite3.Connection, start: datetime) -> Decimal:
-    rows = db.execute("SELECT cost_usd FROM escalation_calls WHERE at >= ?", (start.timestamp(),)).fetchall()
-    return sum((Decimal(r[0]) for r in rows), Decimal(0))
+
+def _migrate(db: sqlite3.Connection) -> None:
+    db.execute("BEGIN IMMEDIATE")  # two routers upgrading one file: the second sees the first's columns
+    try:
+        present = {row[1] for row in db.execute("PRAGMA table_info(escalation_calls)")}
+        for column, declaration in MIGRATIONS:
+            if column not in present:
+                db.execute(f"ALTER TABLE escalation_calls ADD COLUMN {column} {declaration}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _calls_in_window(db: sqlite3.Connection, now: datetime) -> list[tuple[float]]:
+    """The calls holding a quota slot in the rolling hour before ``now``, oldest first."""
+    return db.execute(
+        f"SELECT at FROM escalation_calls WHERE status NOT IN ({', '.join('?' for _ in NOT_COUNTED)}) AND at > ? "
+        "ORDER BY at",
+        (*NOT_COUNTED, (now - WINDOW).timestamp()),
+    ).fetchall()
+
+
+def _spent_since(db: sqlite3.Connection, start: datetime) -> tuple[Decimal, Decimal]:
+    """(settled spend, reservations of calls still in flight) since ``start``."""
+    spent = reserved = Decimal(0)
+    for cost, status in db.execute(
+        "SELECT cost_usd, status FROM escalation_calls WHERE at >= ?", (start.timestamp(),)
+    ).fetchall():
+        if status == STATUS_RESERVED:
+            reserved += Decimal(cost)
+        else:
+            spent += Decimal(cost)
+    return spent, reserved
 
 
 def _day_start(now: datetime) -> datetime:
@@ -290,4 +408,5 @@ def _next_month(month_start: datetime) -> datetime:
 
 
 def _money(value: Decimal) -> str:
-    return f"{value:.2f}"
+    """Cents from a dollar up; below, four decimals, so that small calls and budgets do not all read $0.00."""
+    return f"{value:.2f}" if value >= 1 else f"{value:.4f}"
