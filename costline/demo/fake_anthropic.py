@@ -38,6 +38,7 @@ class ClaudeReply:
     stop_reason: str = "end_turn"
     delay_s: float = 0.0
     model: str | None = None  # default: echo the request's model
+    stall_s: float = 0.0  # streaming: after message_start, send nothing for this long (an answer that stalls)
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,9 @@ class FakeAnthropic(FakeHTTPServer):
         block = {"type": "text", "text": ""}
         event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
         event("ping", {"type": "ping"})
+        if not exchange.pause(reply.stall_s):
+            exchange.drop_connection()
+            return
         for piece in pieces:
             if not exchange.pause(pause):
                 exchange.drop_connection()
