@@ -80,6 +80,8 @@ class TelemetryConfig:
     otlp_endpoint: str = "http://127.0.0.1:4318"
     capture_content: bool = False
     service_name: str = "costline-router"
+    spool_dir: str = ""  # empty: "spool" beside the usage store
+    spool_max_mb: int = 256  # spans waiting for the collector; beyond this new batches are dropped, counted and logged
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,13 @@ class Config:
             return Path(self.router.usage_db).expanduser()
         state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         return Path(state) / "costline" / "usage.sqlite"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where spans wait until the collector acknowledges them."""
+        if self.telemetry.spool_dir:
+            return Path(self.telemetry.spool_dir).expanduser()
+        return self.usage_db_path.parent / "spool"
 
     def is_critical(self, task_type: str) -> bool:
         return task_type in self.escalation.critical_task_types
@@ -317,6 +326,13 @@ def _validate(c: Config) -> None:
         "telemetry.otlp_endpoint",
         c.telemetry.otlp_endpoint,
         'use a URL like "http://127.0.0.1:4318"',
+        s,
+    )
+    _check(
+        c.telemetry.spool_max_mb >= 1,
+        "telemetry.spool_max_mb",
+        c.telemetry.spool_max_mb,
+        "must be >= 1 (MB of spans that may wait on disk for the collector)",
         s,
     )
     for key in ("otlp_port", "metrics_port"):

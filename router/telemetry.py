@@ -8,63 +8,57 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context, trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.re import parse_env_headers
 
 from costline import spans as attr
 from costline.config import Config
+from router.delivery import DEFAULT_EXPORT_TIMEOUT_S, SpoolingExporter
 from router.providers import CallProgress, Endpoint, Reply
+from router.spool import Spool
 from router.task import AttemptRecord, Task
 
 TRACES_PATH = "/v1/traces"
+SPOOL_DELAY_MS = 500
 INSTRUMENTATION_NAME = "costline.router"
 
 
-class ReportingExporter(SpanExporter):
-    """Passes spans on and counts those the backend never received, so a caller can say so once."""
+def otlp_traces_endpoint(config: Config) -> str:
+    """Where spans go: the standard ``OTEL_EXPORTER_OTLP_*`` variables win over ``telemetry.otlp_endpoint``."""
+    if endpoint := os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return endpoint
+    base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or config.telemetry.otlp_endpoint
+    return base.rstrip("/") + TRACES_PATH
 
-    def __init__(self, inner: SpanExporter, endpoint: str) -> None:
-        self.inner = inner
-        self.endpoint = endpoint
-        self.spans_lost = 0
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        result = self.inner.export(spans)
-        if result is not SpanExportResult.SUCCESS:
-            self.spans_lost += len(spans)
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self.inner.force_flush(timeout_millis)
+def otlp_headers(config: Config) -> dict[str, str]:
+    """``OTEL_EXPORTER_OTLP_*HEADERS`` when set; otherwise the collector's ingest token (COSTLINE_INGEST_TOKEN)."""
+    env_headers = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or os.environ.get("OTEL_EXPORTER_OTLP_HEADERS")
+    if env_headers:
+        return parse_env_headers(env_headers, liberal=True)
+    token = config.ingest_token
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def build_tracer_provider(
     config: Config, *, export_timeout_s: float | None = None
-) -> tuple[TracerProvider, ReportingExporter]:
-    """A provider exporting over OTLP/HTTP with a batch processor; standard ``OTEL_*`` variables win."""
-    env_endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    # The collector's ingest token (COSTLINE_INGEST_TOKEN), unless OTEL_EXPORTER_OTLP_*HEADERS say otherwise.
-    env_headers = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or os.environ.get("OTEL_EXPORTER_OTLP_HEADERS")
-    token = config.ingest_token
-    headers = {"Authorization": f"Bearer {token}"} if token and not env_headers else None
-    if env_endpoint:
-        endpoint = env_endpoint
-        otlp = OTLPSpanExporter(timeout=export_timeout_s, headers=headers)
-    else:
-        endpoint = config.telemetry.otlp_endpoint.rstrip("/") + TRACES_PATH
-        otlp = OTLPSpanExporter(endpoint=endpoint, timeout=export_timeout_s, headers=headers)
-    exporter = ReportingExporter(otlp, endpoint)
+) -> tuple[TracerProvider, SpoolingExporter]:
+    """A provider whose spans wait in the on-disk spool until the collector acknowledges them."""
+    exporter = SpoolingExporter(
+        otlp_traces_endpoint(config),
+        otlp_headers(config),
+        Spool(config.spool_dir, config.telemetry.spool_max_mb * 1024 * 1024),
+        timeout_s=export_timeout_s or DEFAULT_EXPORT_TIMEOUT_S,
+    )
     resource_attributes = (
         {} if os.environ.get("OTEL_SERVICE_NAME") else {attr.SERVICE_NAME: config.telemetry.service_name}
     )
     provider = TracerProvider(resource=Resource.create(resource_attributes))
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+    # Spans reach the disk within SPOOL_DELAY_MS of ending: a crash loses at most that much.
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=SPOOL_DELAY_MS))
     return provider, exporter
 
 

@@ -325,6 +325,7 @@ def test_other_instrumentations_spans_nest_under_the_attempt_and_the_app_span_is
                 result = router.run(Task("x"))
     finally:
         instrumentor.uninstrument()
+    assert result.ok
 
     finished = spans.exporter.get_finished_spans()
     (task,) = [s for s in finished if s.name == "task general"]
