@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from collector.views import ATTEMPT_MEASURES, ESCALATION_MADE, SAVINGS_MEASURES, with_views
-from costline.spans import REFUSAL_ERROR_TYPES
+from costline.spans import REFUSAL_ERROR_TYPES, TIER_ESCALATION
 
 # --by names → columns of attempt_costs. Only these names ever reach the SQL text.
 GROUP_COLUMNS: dict[str, str] = {
@@ -267,7 +267,7 @@ def _task_counts_distinct(
     return total, {tuple(row[g] for g in groups): row["tasks"] for row in rows}
 
 
-_ESCALATED = "tier = 'escalation'"
+_ESCALATED = f"tier = '{TIER_ESCALATION}'"
 _REFUSED = f"coalesce(error_type, '') IN ({', '.join(repr(t) for t in REFUSAL_ERROR_TYPES)})"
 # Per task first, then per task type: one pass instead of several DISTINCT aggregates over every attempt.
 _ESCALATION_BY_TASK_TYPE = f"""
