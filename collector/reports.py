@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from collector.views import ATTEMPT_MEASURES, ESCALATION_MADE, SAVINGS_MEASURES, with_views
-from costline.spans import REFUSAL_ERROR_TYPES, TIER_ESCALATION
+from costline.spans import ERROR_TRUNCATED, REFUSAL_ERROR_TYPES, TIER_ESCALATION
 
 # --by names → columns of attempt_costs. Only these names ever reach the SQL text.
 GROUP_COLUMNS: dict[str, str] = {
@@ -323,6 +323,7 @@ def escalation_report(reader: Reader, window: Window) -> Report:
        count(DISTINCT task_id) FILTER (WHERE NOT {_REFUSED}) AS tasks,
        count(*) FILTER (WHERE outcome = 'success') AS successes,
        count(*) FILTER (WHERE outcome = 'error' AND NOT {_REFUSED}) AS errors,
+       count(*) FILTER (WHERE error_type = '{ERROR_TRUNCATED}') AS truncated,
        count(*) FILTER (WHERE {_REFUSED}) AS refused,
        coalesce(sum(cost_usd), 0) AS cost_usd
 FROM escalations WHERE {_WINDOW_FILTER}
@@ -362,7 +363,7 @@ ORDER BY model_failures DESC, provider, model, failures DESC, error_type""",
         _col("escalation_rate", "ratio", "rate"),
         _col("escalations", "count"),
         _col("escalation_successes", "count", "succeeded"),
-        _col("escalations_refused", "count", "refused (quota/budget)"),
+        _col("escalations_refused", "count", "refused (quota/budget/key)"),
         _col("escalation_cost_usd", "usd", "escalation cost"),
     ]
     rate_table = ReportTable("by_task_type", "Escalation rate by task type", rate_columns, by_type, type_total)
@@ -375,7 +376,8 @@ ORDER BY model_failures DESC, provider, model, failures DESC, error_type""",
         _col("tasks", "count"),
         _col("successes", "count"),
         _col("errors", "count"),
-        _col("refused", "count", "refused (quota/budget)"),
+        _col("truncated", "count", "cut off at max_tokens"),
+        _col("refused", "count", "refused (quota/budget/key)"),
         _col("cost_usd", "usd", "cost"),
     ]
     failure_columns = [

@@ -14,6 +14,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+from faults.metrics import scrape, value
 from ledger_fixtures import free_port
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import TracerProvider
@@ -210,3 +211,26 @@ def test_ctrl_c_during_an_escalation_books_the_call_and_delivers_its_spans(tmp_p
     spans = {span.name: attrs for _, attrs, span in otlp_receiver.spans()}
     assert spans["chat claude-sonnet-4-6"][attr.ERROR_TYPE] == "cancelled"
     assert spans["task general"][attr.TASK_OUTCOME] == "cancelled"
+
+
+def test_a_truncated_task_reaches_the_ledger_the_reports_and_the_metrics(tmp_path, fake_anthropic, unused_port):
+    fake_anthropic.script(SONNET, ClaudeReply(text="the first half", input_tokens=100, output_tokens=9000))
+    config_path = write_config(tmp_path, fake_anthropic, unused_port, free_port())
+    config = load_config(config_path, env={})
+    with Collector(config) as collector:
+        with Router(config) as router:
+            truncated = router.run(Task("write a long essay", type="essay", prefer_escalation=True))
+        assert truncated.outcome == "truncated"
+        report = CliRunner().invoke(
+            app, ["report", "escalations", "--since", "1h", "--format", "json", "-c", str(config_path)]
+        )
+        assert report.exit_code == 0, report.output
+        (reason,) = json.loads(report.stdout)["tables"]["reasons"]["rows"]
+        assert (reason["reason"], reason["errors"], reason["truncated"]) == ("requested", 1, 1)
+        con = collector.connection
+        try:
+            assert con.execute("SELECT outcome FROM tasks").fetchall() == [("truncated",)]
+        finally:
+            con.close()
+        samples = scrape(collector.metrics_url)
+    assert value(samples, "costline_tasks_total", task_type="essay", outcome="truncated", escalated="true") == 1
