@@ -8,6 +8,7 @@ eight asyncio tasks, and two processes, each against a daily budget worth less t
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import sqlite3
 import threading
@@ -23,8 +24,10 @@ from hypothesis import strategies as st
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
+from typer.testing import CliRunner
 
 from costline import spans as attr
+from costline.cli import app
 from costline.config import Config
 from costline.demo.fake_anthropic import ClaudeHang, ClaudeReply
 from costline.demo.fake_ollama import OllamaError, OllamaReply
@@ -385,3 +388,20 @@ def test_refusals_name_their_cause(fake_anthropic, make_config, tracer_provider)
         "daily budget of $0.0100 reached: $0.0000 spent + $0.0000 reserved by calls in flight, and this call may "
         "cost up to $0.0617; resets at 00:00 UTC"
     )
+
+
+def test_costline_usage_counts_calls_in_flight_at_their_reservation(tmp_path):
+    usage_db = tmp_path / "usage.sqlite"
+    config = tmp_path / "costline.toml"
+    config.write_text(f'[router]\nusage_db = "{usage_db}"\n[budgets]\ndaily_usd = 1.0\nmonthly_usd = 0\n')
+    store = UsageStore(usage_db, Limits(50, Decimal("1"), Decimal(0)))
+    settled = store.reserve("a", "threshold", SONNET, bound_usd=Decimal("0.05"))
+    store.settle(settled, Settlement("succeeded", TokenUsage(1000, 100), Decimal("0.0045")))
+    store.reserve("b", "critical", SONNET, bound_usd=Decimal("0.0617"))  # still in flight
+
+    result = CliRunner().invoke(app, ["usage", "--format", "json", "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["reserved_in_flight_usd"] == pytest.approx(0.0617)
+    assert report["budgets"]["daily"]["spent_usd"] == pytest.approx(0.0045 + 0.0617)
+    assert report["quota"]["used"] == 2

@@ -82,9 +82,10 @@ def _report(rows: list, headroom: Any, path: str) -> dict[str, Any]:
     ):
         budgets[period] = {
             "limit_usd": float(limit) if limit > 0 else None,
-            "spent_usd": float(spent),
+            "spent_usd": float(spent),  # settled calls plus the reservations of calls in flight
             "headroom_ratio": _ratio(float(spent), float(limit)) if limit > 0 else None,
         }
+    in_flight = float(h.reserved_usd)
     return {
         "date": datetime.now(UTC).date().isoformat(),
         "usage_db": path,
@@ -98,6 +99,7 @@ def _report(rows: list, headroom: Any, path: str) -> dict[str, Any]:
             "next_slot_at": h.next_slot_at.isoformat() if h.next_slot_at else None,
         },
         "budgets": budgets,
+        "reserved_in_flight_usd": in_flight,
     }
 
 
@@ -141,3 +143,9 @@ def _print_tables(report: dict[str, Any]) -> None:
                 resets,
             )
     console.print(limits)
+    if report["reserved_in_flight_usd"]:
+        console.print(
+            f"spent includes ${report['reserved_in_flight_usd']:.4f} reserved by calls in flight (their upper bound "
+            "until they return)",
+            highlight=False,
+        )
