@@ -313,12 +313,12 @@ class _TaskRun:
             return
         if failure.error_type in attr.REFUSAL_ERROR_TYPES:
             log.warning("task %s: escalation refused: %s", self.task.id, failure.message)
-            if failure.error_type != attr.ERROR_MISSING_CREDENTIALS:
-                self.refusal = Refusal(failure.error_type, failure.message)
-            self.headline, self.escalation_over = failure.message, True
             if failure.error_type == attr.ERROR_MISSING_CREDENTIALS:
                 self.headline = f"escalation to {record.model} refused: {failure.message}"
-            self.headline_attempt = record.index
+            else:  # the quota or a budget: the task's outcome names it
+                self.refusal = Refusal(failure.error_type, failure.message)
+                self.headline = failure.message
+            self.escalation_over, self.headline_attempt = True, record.index
             return
         self.calls += 1
         log.info("task %s: %s failed (%s): %s", self.task.id, record.model, failure.error_type, failure.message)
