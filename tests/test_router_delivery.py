@@ -14,6 +14,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from faults.metrics import scrape, value
 from ledger_fixtures import free_port
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -176,15 +177,8 @@ def test_costline_route_with_the_collector_down_says_where_its_spans_wait(tmp_pa
     assert list(spool.glob("*.otlp"))
 
 
-def test_ctrl_c_during_an_escalation_books_the_call_and_delivers_its_spans(tmp_path, fake_anthropic, otlp_receiver):
-    fake_anthropic.set_default(SONNET, ClaudeReply(input_tokens=1500, output_tokens=300, stall_s=60))
-    config_path = tmp_path / "costline.toml"
-    config_path.write_text(
-        f'[router]\nusage_db = "{tmp_path / "usage.sqlite"}"\n'
-        f'[escalation]\nbase_url = "{fake_anthropic.url}"\n'
-        f'[telemetry]\notlp_endpoint = "{otlp_receiver.url}"\n',
-        encoding="utf-8",
-    )
+def _route_until_claude_is_asked(config_path: Path, fake_anthropic) -> subprocess.Popen:
+    """`costline route --claude` as a process, returned once the simulated Claude has its request."""
     process = subprocess.Popen(
         [COSTLINE, "route", "hi", "--claude", "--config", str(config_path)],
         stdout=subprocess.PIPE,
@@ -192,25 +186,71 @@ def test_ctrl_c_during_an_escalation_books_the_call_and_delivers_its_spans(tmp_p
         text=True,
         env=_env(),
     )
+    deadline = time.monotonic() + 60
+    while not fake_anthropic.message_requests():
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise AssertionError(f"costline route never called Claude: {process.communicate()[1]}")
+        time.sleep(0.05)
+    return process
+
+
+def _stalling_claude_config(tmp_path: Path, fake_anthropic, otlp_url: str) -> Path:
+    fake_anthropic.set_default(SONNET, ClaudeReply(input_tokens=1500, output_tokens=300, stall_s=60))
+    config_path = tmp_path / "costline.toml"
+    config_path.write_text(
+        f'[router]\nusage_db = "{tmp_path / "usage.sqlite"}"\n'
+        f'[escalation]\nbase_url = "{fake_anthropic.url}"\n'
+        f'[telemetry]\notlp_endpoint = "{otlp_url}"\n',
+        encoding="utf-8",
+    )
+    return config_path
+
+
+def _calls(usage_db: Path) -> list[tuple[str, float, float, bool]]:
+    with sqlite3.connect(usage_db) as db:
+        rows = db.execute("SELECT status, cost_usd, reserved_usd, estimated FROM escalation_calls").fetchall()
+    return [(status, float(cost), float(reserved), bool(estimated)) for status, cost, reserved, estimated in rows]
+
+
+@pytest.mark.parametrize(("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_during_an_escalation_books_the_call_and_delivers_its_spans(
+    tmp_path, fake_anthropic, otlp_receiver, sent, code
+):
+    process = _route_until_claude_is_asked(
+        _stalling_claude_config(tmp_path, fake_anthropic, otlp_receiver.url), fake_anthropic
+    )
     try:
-        deadline = time.monotonic() + 60
-        while not fake_anthropic.message_requests():
-            assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(sent)
         _, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert process.returncode == 130, stderr
+    assert process.returncode == code, stderr
     assert "cancelled: task" in stderr
-    with sqlite3.connect(tmp_path / "usage.sqlite") as db:
-        ((status, cost, estimated),) = db.execute("SELECT status, cost_usd, estimated FROM escalation_calls").fetchall()
+    ((status, cost, reserved, estimated),) = _calls(tmp_path / "usage.sqlite")
     # Before Claude began answering the call is unbilled; after, it stands at its reservation, marked estimated.
-    assert (status, bool(estimated)) in (("unbilled", False), ("failed", True))
-    assert (float(cost) == 0) == (status == "unbilled")
+    assert (status, cost, estimated) in (("unbilled", 0.0, False), ("failed", reserved, True))
     spans = {span.name: attrs for _, attrs, span in otlp_receiver.spans()}
     assert spans["chat claude-sonnet-4-6"][attr.ERROR_TYPE] == "cancelled"
     assert spans["task general"][attr.TASK_OUTCOME] == "cancelled"
+
+
+def test_a_router_killed_mid_call_leaves_its_reservation_counted_and_reconcile_finds_it(
+    tmp_path, fake_anthropic, unused_port
+):
+    config_path = write_config(tmp_path, fake_anthropic, unused_port, free_port())
+    fake_anthropic.set_default(SONNET, ClaudeReply(input_tokens=1500, output_tokens=300, stall_s=60))
+    process = _route_until_claude_is_asked(config_path, fake_anthropic)
+    process.kill()  # SIGKILL: nothing in the process can react
+    process.communicate(timeout=30)
+    ((status, cost, reserved, estimated),) = _calls(tmp_path / "usage.sqlite")
+    assert status == "reserved" and cost == reserved > 0 and estimated  # never $0: the upper bound stays counted
+    with Collector(load_config(config_path, env={})):
+        code, output = reconcile(config_path)
+    assert code == 1
+    (missing,) = output["differences"]
+    assert missing["kind"] == "only in the usage store" and float(missing["usage_usd"]) == reserved
+    assert missing["note"].startswith("never settled")
 
 
 def test_a_truncated_task_reaches_the_ledger_the_reports_and_the_metrics(tmp_path, fake_anthropic, unused_port):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -19,6 +22,25 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_REFUSED = 3  # quota or budget refused the escalation the task needed
 EXIT_CANCELLED = 130  # Ctrl-C, as shells report SIGINT
+EXIT_TERMINATED = 143  # SIGTERM
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the router is, so that the call in flight is booked as on Ctrl-C."""
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    def terminated(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 EXPORT_TIMEOUT_S = 2.0
 
 
@@ -39,7 +61,7 @@ def route(
     from router.telemetry import build_tracer_provider
 
     cfg = load_or_exit(config)
-    interrupted = False
+    interrupted: int | None = None  # the exit status of a Ctrl-C or SIGTERM
     # A short export deadline: a missing collector must not hold the answer back for long.
     provider, exporter = build_tracer_provider(cfg, export_timeout_s=EXPORT_TIMEOUT_S)
     logging.getLogger("router.delivery").setLevel(logging.ERROR)  # one warning below instead
@@ -53,13 +75,16 @@ def route(
                 prompt, type=task_type, system=system, critical=True if critical else None, prefer_escalation=claude
             )
             try:
-                result = router.run(task)
+                with _terminate_as_interrupt():
+                    result = router.run(task)
             except KeyboardInterrupt:
-                interrupted = True
+                interrupted = EXIT_CANCELLED
+            except _Terminated:
+                interrupted = EXIT_TERMINATED
     finally:
         provider.shutdown()
-    if interrupted:
-        fail(f"cancelled: task {task.id} is booked as cancelled (costline usage shows its cost)", code=EXIT_CANCELLED)
+    if interrupted is not None:
+        fail(f"cancelled: task {task.id} is booked as cancelled (costline usage shows its cost)", code=interrupted)
     if result.text is not None:  # a truncated answer is shown too, and the task still fails
         typer.echo(result.text)
     err_console.print(summary_line(result), highlight=False, soft_wrap=True)
