@@ -112,15 +112,13 @@ class Attempt:
         try:
             self.run.booked(record, failure, self.reply.text if self.reply is not None else None)
         finally:
-            system, messages = self.run.content(self.provider)
             self.run.router.telemetry.end_attempt(
                 self._span,
                 self._token,
                 record,
                 reply=self.reply,
                 progress=self.progress,
-                system=system,
-                messages=messages,
+                content=lambda: self.run.content(self.provider),
             )
 
     def _account(self, failure: ProviderFailure | None, *, interrupted: bool) -> AttemptRecord:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context, trace
@@ -129,10 +129,10 @@ class Telemetry:
         *,
         reply: Reply | None,
         progress: CallProgress,
-        system: str | None,
-        messages: Sequence[Mapping[str, Any]],
+        content: Callable[[], tuple[str | None, Sequence[Mapping[str, Any]]]],
     ) -> None:
-        """Record what the call returned — or, for a call that ended early, the usage it had reported so far."""
+        """Record what the call returned — or, for a call that ended early, the usage it had reported so far.
+        ``content`` gives the system prompt and messages sent, read only when content capture is on."""
         attributes: dict[str, Any] = {}
         response_model = reply.response_model if reply is not None else progress.response_model
         response_id = reply.response_id if reply is not None else progress.response_id
@@ -153,7 +153,7 @@ class Telemetry:
         if record.error_type:
             attributes[attr.ERROR_TYPE] = record.error_type
         if self.capture_content:
-            attributes.update(_content(system, messages, reply))
+            attributes.update(_content(*content(), reply))
         span.set_attributes(attributes)
         if record.ok:
             span.set_status(Status(StatusCode.OK))
