@@ -12,8 +12,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 CONFIG_ENV = "COSTLINE_CONFIG"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 SECRET_KEY_NAMES = ("api_key", "anthropic_api_key", "x_api_key", "auth_token", "ingest_token", "token")
 
 
@@ -37,7 +39,7 @@ class RouterConfig:
     ollama_host: str = "http://127.0.0.1:11434"
     models: tuple[str, ...] = ("qwen2.5-coder:14b", "qwen3:30b-a3b", "llama3.1:70b")
     timeout_s: float = 120.0
-    usage_db: str = ""  # empty: $XDG_STATE_HOME/costline/usage.sqlite
+    usage_db: str = ""  # a path, or postgresql://USER@HOST:PORT/DB; empty: $XDG_STATE_HOME/costline/usage.sqlite
     max_retry_wait_s: float = 30.0  # longest retry-after the router will honour
     max_retries: int = 2  # extra attempts on a retryable escalation error (429, 529, 5xx, timeout)
 
@@ -119,21 +121,36 @@ class Config:
         return os.environ.get("COSTLINE_INGEST_TOKEN") or None
 
     @property
+    def usage_db_shared(self) -> bool:
+        """True when ``router.usage_db`` is a PostgreSQL URL, shared by the routers of every machine."""
+        return self.router.usage_db.startswith(POSTGRES_SCHEMES)
+
+    @property
+    def usage_db_location(self) -> Path | str:
+        """The usage store: a PostgreSQL URL as given, or the SQLite file's path."""
+        return self.router.usage_db if self.usage_db_shared else self.usage_db_path
+
+    @property
     def usage_db_path(self) -> Path:
-        if self.router.usage_db:
+        """The local SQLite usage store (the default one, when ``router.usage_db`` is a PostgreSQL URL)."""
+        if self.router.usage_db and not self.usage_db_shared:
             return Path(self.router.usage_db).expanduser()
-        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-        return Path(state) / "costline" / "usage.sqlite"
+        return _state_dir() / "usage.sqlite"
 
     @property
     def spool_dir(self) -> Path:
-        """Where spans wait until the collector acknowledges them."""
+        """Where spans wait until the collector acknowledges them: this machine's own, even with a shared store."""
         if self.telemetry.spool_dir:
             return Path(self.telemetry.spool_dir).expanduser()
         return self.usage_db_path.parent / "spool"
 
     def is_critical(self, task_type: str) -> bool:
         return task_type in self.escalation.critical_task_types
+
+
+def _state_dir() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "costline"
 
 
 _SECTIONS: dict[str, type] = {
@@ -300,6 +317,16 @@ def _validate(c: Config) -> None:
     _check(r.timeout_s > 0, "router.timeout_s", r.timeout_s, "must be > 0 seconds, e.g. 120", s)
     _check(r.max_retry_wait_s >= 0, "router.max_retry_wait_s", r.max_retry_wait_s, "must be >= 0 seconds", s)
     _check(r.max_retries >= 0, "router.max_retries", r.max_retries, "must be >= 0", s)
+    if c.usage_db_shared:
+        url = urlsplit(r.usage_db)
+        _check(
+            url.password is None,
+            "router.usage_db",
+            r.usage_db.replace(f":{url.password}@", ":<redacted>@"),
+            "never put the password in the config: give it in PGPASSWORD or a ~/.pgpass file",
+            s,
+        )
+        _check(bool(url.hostname or url.path.strip("/")), "router.usage_db", r.usage_db, "name a host and database", s)
     _check(e.threshold >= 1, "escalation.threshold", e.threshold, "must be >= 1 (local failures before escalating)", s)
     _check(bool(e.model), "escalation.model", e.model, 'name a Claude model, e.g. "claude-sonnet-4-6"', s)
     _check(

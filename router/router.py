@@ -24,7 +24,7 @@ from router.providers.anthropic import AnthropicProvider
 from router.providers.ollama import OllamaProvider
 from router.task import AttemptRecord, Task, TaskResult
 from router.telemetry import Telemetry, build_tracer_provider
-from router.usage_store import Limits, Refusal, Reservation, UsageStore
+from router.usage_store import Refusal, Reservation, open_usage_store
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Router:
             tracer_provider, self.exporter = build_tracer_provider(config)
         self._tracer_provider = tracer_provider
         self.telemetry = Telemetry(self._tracer_provider, config.telemetry.capture_content)
-        self.usage = UsageStore(config.usage_db_path, Limits.from_config(config))
+        self.usage = open_usage_store(config)
         self.waits = waits or Waits()
         self._ollama = self._new_ollama()
         self._claude = self._new_claude()

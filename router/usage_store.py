@@ -1,21 +1,18 @@
-"""Escalation quota and USD budgets, shared by every router process on the machine (DESIGN §7).
+"""Escalation quota and USD budgets, shared by every router process on the machine — or, with PostgreSQL, on every
+machine (DESIGN §7, §9).
 
-One SQLite file in WAL mode. Each escalation call reserves its quota slot AND an upper bound of its cost in one
-``BEGIN IMMEDIATE`` transaction (one writer at a time across processes) before the HTTP call, so concurrent calls can
-never together spend more than a budget; the call is settled at its actual cost when it returns, or at the
-reservation, marked estimated, when its usage never arrived. The hourly quota is a rolling 60-minute window of calls;
-budgets sum the cost of calls made in the current UTC day and month, in-flight reservations included. A restart
-forgets nothing: it is all in the file, and a call whose process died stays counted at its reservation.
+Each escalation call reserves its quota slot AND an upper bound of its cost in one exclusive transaction (see
+:mod:`router.usage_db`) before the HTTP call, so concurrent calls can never together spend more than a budget; the
+call is settled at its actual cost when it returns, or at the reservation, marked estimated, when its usage never
+arrived. The hourly quota is a rolling 60-minute window of calls; budgets sum the cost of calls made in the current
+UTC day and month, in-flight reservations included. A restart forgets nothing, and a call whose process died stays
+counted at its reservation.
 """
 
 from __future__ import annotations
 
 import math
-import random
-import sqlite3
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -24,6 +21,7 @@ from pathlib import Path
 from costline import spans as attr
 from costline.config import Config
 from costline.pricing import TokenUsage
+from router.usage_db import Execute, open_database
 
 WINDOW = timedelta(hours=1)
 STATUS_RESERVED = "reserved"  # slot and cost bound taken, call in flight (or its process died during the call)
@@ -32,32 +30,6 @@ STATUS_FAILED = "failed"  # the call failed after Claude may have billed it (ans
 STATUS_UNBILLED = "unbilled"  # Claude answered an error before generating (429, 529, 4xx): no cost, no slot
 STATUS_REFUSED = "refused"  # never called: quota or budget said no; takes no slot
 NOT_COUNTED = (STATUS_REFUSED, STATUS_UNBILLED)  # statuses that hold no quota slot
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS escalation_calls (
-    id INTEGER PRIMARY KEY,
-    at REAL NOT NULL,                 -- unix seconds (UTC) when the slot was reserved
-    task_id TEXT NOT NULL,
-    reason TEXT NOT NULL,             -- threshold | critical | requested | exhausted
-    model TEXT NOT NULL,
-    status TEXT NOT NULL,             -- reserved | succeeded | failed | unbilled | refused
-    error_type TEXT,
-    input_tokens INTEGER NOT NULL DEFAULT 0,
-    output_tokens INTEGER NOT NULL DEFAULT 0,
-    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
-    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
-    cost_usd TEXT NOT NULL DEFAULT '0'  -- exact decimal: what counts against the budgets
-);
-CREATE INDEX IF NOT EXISTS escalation_calls_at ON escalation_calls (at);
-"""
-# Columns added since the first release, added in place to older files.
-MIGRATIONS = (
-    ("reserved_usd", "TEXT NOT NULL DEFAULT '0'"),  # the upper bound reserved before the call
-    ("estimated", "INTEGER NOT NULL DEFAULT 0"),  # 1: cost_usd is the reservation, the actual usage never arrived
-    ("trace_id", "TEXT"),  # the attempt span's ids (lowercase hex), to match the ledger's row
-    ("span_id", "TEXT"),
-    ("settled_at", "REAL"),
-)
 
 Clock = Callable[[], datetime]
 
@@ -146,43 +118,15 @@ class Headroom:
 
 
 class UsageStore:
-    def __init__(self, path: Path, limits: Limits, *, clock: Clock = utc_now, busy_timeout_s: float = 30.0) -> None:
-        self.path = Path(path)
+    """The quota and budgets over one usage database: a SQLite path, or a ``postgresql://`` URL."""
+
+    def __init__(
+        self, location: Path | str, limits: Limits, *, clock: Clock = utc_now, busy_timeout_s: float = 30.0
+    ) -> None:
+        self.db = open_database(location, busy_timeout_s=busy_timeout_s)
+        self.location = self.db.location
         self.limits = limits
         self._clock = clock
-        self._busy_timeout_s = busy_timeout_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._initialise()
-
-    def _initialise(self) -> None:
-        """Switch the file to WAL and create (or migrate) the tables, retrying while other processes do the same.
-
-        SQLite answers "database is locked" at once, without waiting out the busy timeout, when two connections
-        race to switch a new file to WAL or to upgrade a read lock to create tables: so routers started together
-        retry here, with jitter, within the same timeout.
-        """
-        deadline = time.monotonic() + self._busy_timeout_s
-        while True:
-            try:
-                with self._connect() as db:
-                    db.execute("PRAGMA journal_mode=WAL")
-                    db.executescript(SCHEMA)
-                    _migrate(db)
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
-                    raise
-                time.sleep(random.uniform(0.005, 0.05))
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # A connection per operation: safe across threads, and each process sees the others' commits.
-        db = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
-        try:
-            db.execute("PRAGMA synchronous=NORMAL")
-            yield db
-        finally:
-            db.close()
 
     def reserve(
         self,
@@ -195,36 +139,30 @@ class UsageStore:
         span_id: str | None = None,
     ) -> Reservation | Refusal:
         """Take a quota slot and reserve ``bound_usd`` (the most the call can cost) if the quota and budgets allow
-        both; otherwise record and return the refusal. One transaction, so concurrent callers can't both pass."""
+        both; otherwise record and return the refusal. One exclusive transaction, so concurrent callers can't both
+        pass."""
         now = self._clock()
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                refusal = self._check(db, now, bound_usd)
-                status = STATUS_REFUSED if refusal else STATUS_RESERVED
-                held = Decimal(0) if refusal else bound_usd
-                cursor = db.execute(
-                    "INSERT INTO escalation_calls (at, task_id, reason, model, status, error_type, cost_usd, "
-                    "reserved_usd, estimated, trace_id, span_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        now.timestamp(),
-                        task_id,
-                        reason,
-                        model,
-                        status,
-                        refusal.error_type if refusal else None,
-                        str(held),
-                        str(held),
-                        0 if refusal else 1,
-                        trace_id,
-                        span_id,
-                    ),
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        return refusal or Reservation(int(cursor.lastrowid or 0), bound_usd)
+        with self.db.exclusive() as execute:
+            refusal = self._check(execute, now, bound_usd)
+            held = Decimal(0) if refusal else bound_usd
+            ((call_id,),) = execute(
+                "INSERT INTO escalation_calls (at, task_id, reason, model, status, error_type, cost_usd, reserved_usd, "
+                "estimated, trace_id, span_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    now.timestamp(),
+                    task_id,
+                    reason,
+                    model,
+                    STATUS_REFUSED if refusal else STATUS_RESERVED,
+                    refusal.error_type if refusal else None,
+                    held,
+                    held,
+                    0 if refusal else 1,
+                    trace_id,
+                    span_id,
+                ),
+            )
+        return refusal or Reservation(int(call_id), bound_usd)
 
     def settle(self, reservation: Reservation, settlement: Settlement) -> Decimal:
         """Record what a reserved call did; returns what now counts against the budgets.
@@ -239,8 +177,8 @@ class UsageStore:
         else:
             cost, estimated = settlement.cost_usd, False
         u = settlement.usage
-        with self._connect() as db:
-            db.execute(
+        with self.db.exclusive() as execute:
+            execute(
                 "UPDATE escalation_calls SET status = ?, error_type = ?, input_tokens = ?, output_tokens = ?, "
                 "cache_read_tokens = ?, cache_write_tokens = ?, cost_usd = ?, estimated = ?, settled_at = ? "
                 "WHERE id = ?",
@@ -251,7 +189,7 @@ class UsageStore:
                     u.output_tokens,
                     u.cache_read_tokens,
                     u.cache_write_tokens,
-                    str(cost),
+                    cost,
                     int(estimated),
                     self._clock().timestamp(),
                     reservation.call_id,
@@ -259,9 +197,9 @@ class UsageStore:
             )
         return cost
 
-    def _check(self, db: sqlite3.Connection, now: datetime, bound_usd: Decimal) -> Refusal | None:
+    def _check(self, execute: Execute, now: datetime, bound_usd: Decimal) -> Refusal | None:
         limit = self.limits.max_calls_per_hour
-        rows = _calls_in_window(db, now)
+        rows = _calls_in_window(execute, now)
         if len(rows) >= limit:
             if limit == 0:
                 return Refusal(attr.ERROR_QUOTA_EXHAUSTED, "escalation quota is 0 (escalation.max_calls_per_hour = 0)")
@@ -278,7 +216,7 @@ class UsageStore:
         ):
             if budget <= 0:
                 continue
-            spent, reserved = _spent_since(db, since)
+            spent, reserved = _spent_since(execute, since)
             if spent + reserved + bound_usd > budget:
                 return Refusal(
                     attr.ERROR_BUDGET_EXHAUSTED,
@@ -289,34 +227,34 @@ class UsageStore:
 
     def headroom(self) -> Headroom:
         now = self._clock()
-        with self._connect() as db:
-            rows = _calls_in_window(db, now)
+        with self.db.read() as execute:
+            rows = _calls_in_window(execute, now)
             limit = self.limits.max_calls_per_hour
             next_slot = None
             if len(rows) >= limit > 0:
                 next_slot = datetime.fromtimestamp(rows[len(rows) - limit][0], UTC) + WINDOW
-            spent_today, reserved_today = _spent_since(db, _day_start(now))
-            spent_month, reserved_month = _spent_since(db, _month_start(now))
-            return Headroom(
-                calls_last_hour=len(rows),
-                max_calls_per_hour=limit,
-                next_slot_at=next_slot,
-                spent_today_usd=spent_today + reserved_today,
-                daily_usd=self.limits.daily_usd,
-                spent_month_usd=spent_month + reserved_month,
-                monthly_usd=self.limits.monthly_usd,
-                reserved_usd=reserved_month,
-            )
+            spent_today, reserved_today = _spent_since(execute, _day_start(now))
+            spent_month, reserved_month = _spent_since(execute, _month_start(now))
+        return Headroom(
+            calls_last_hour=len(rows),
+            max_calls_per_hour=limit,
+            next_slot_at=next_slot,
+            spent_today_usd=spent_today + reserved_today,
+            daily_usd=self.limits.daily_usd,
+            spent_month_usd=spent_month + reserved_month,
+            monthly_usd=self.limits.monthly_usd,
+            reserved_usd=reserved_month,
+        )
 
     def usage_today(self) -> list[ReasonUsage]:
         """Escalation calls since 00:00 UTC, by reason."""
         since = _day_start(self._clock()).timestamp()
-        with self._connect() as db:
-            rows = db.execute(
+        with self.db.read() as execute:
+            rows = execute(
                 "SELECT reason, status, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
                 "cost_usd FROM escalation_calls WHERE at >= ? ORDER BY reason",
                 (since,),
-            ).fetchall()
+            )
         by_reason: dict[str, list[tuple]] = {}
         for row in rows:
             by_reason.setdefault(row[0], []).append(row)
@@ -338,12 +276,12 @@ class UsageStore:
 
     def calls(self, since: datetime, until: datetime) -> list[CallRow]:
         """Every escalation call the router made in [since, until): refusals excluded, since they called nothing."""
-        with self._connect() as db:
-            rows = db.execute(
+        with self.db.read() as execute:
+            rows = execute(
                 "SELECT at, task_id, model, status, error_type, cost_usd, estimated, trace_id, span_id "
                 "FROM escalation_calls WHERE at >= ? AND at < ? AND status != ? ORDER BY at",
                 (since.timestamp(), until.timestamp(), STATUS_REFUSED),
-            ).fetchall()
+            )
         return [
             CallRow(
                 at=datetime.fromtimestamp(r[0], UTC),
@@ -360,34 +298,24 @@ class UsageStore:
         ]
 
 
-def _migrate(db: sqlite3.Connection) -> None:
-    db.execute("BEGIN IMMEDIATE")  # two routers upgrading one file: the second sees the first's columns
-    try:
-        present = {row[1] for row in db.execute("PRAGMA table_info(escalation_calls)")}
-        for column, declaration in MIGRATIONS:
-            if column not in present:
-                db.execute(f"ALTER TABLE escalation_calls ADD COLUMN {column} {declaration}")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+def open_usage_store(config: Config, *, clock: Clock = utc_now) -> UsageStore:
+    """The store ``router.usage_db`` names: a SQLite file (the default) or a ``postgresql://`` URL."""
+    return UsageStore(config.usage_db_location, Limits.from_config(config), clock=clock)
 
 
-def _calls_in_window(db: sqlite3.Connection, now: datetime) -> list[tuple[float]]:
+def _calls_in_window(execute: Execute, now: datetime) -> list[tuple[float]]:
     """The calls holding a quota slot in the rolling hour before ``now``, oldest first."""
-    return db.execute(
+    return execute(
         f"SELECT at FROM escalation_calls WHERE status NOT IN ({', '.join('?' for _ in NOT_COUNTED)}) AND at > ? "
         "ORDER BY at",
         (*NOT_COUNTED, (now - WINDOW).timestamp()),
-    ).fetchall()
+    )
 
 
-def _spent_since(db: sqlite3.Connection, start: datetime) -> tuple[Decimal, Decimal]:
+def _spent_since(execute: Execute, start: datetime) -> tuple[Decimal, Decimal]:
     """(settled spend, reservations of calls still in flight) since ``start``."""
     spent = reserved = Decimal(0)
-    for cost, status in db.execute(
-        "SELECT cost_usd, status FROM escalation_calls WHERE at >= ?", (start.timestamp(),)
-    ).fetchall():
+    for cost, status in execute("SELECT cost_usd, status FROM escalation_calls WHERE at >= ?", (start.timestamp(),)):
         if status == STATUS_RESERVED:
             reserved += Decimal(cost)
         else:

@@ -59,7 +59,7 @@ def reconcile(
     """Compare the escalation calls in the usage store with the ledger; exit 1 when any call is missing or differs."""
     from collector.reports import ReportInputError, parse_window
     from costline.ledger_reader import LedgerError, LedgerReader
-    from router.usage_store import Limits, UsageStore
+    from router.usage_store import open_usage_store
 
     cfg = load_or_exit(config)
     try:
@@ -67,8 +67,8 @@ def reconcile(
     except ReportInputError as exc:
         fail(str(exc))
     calls = []
-    if cfg.usage_db_path.exists():
-        calls = UsageStore(cfg.usage_db_path, Limits.from_config(cfg)).calls(window.start, window.end)
+    if cfg.usage_db_shared or cfg.usage_db_path.exists():  # never create a store just to read it
+        calls = open_usage_store(cfg).calls(window.start, window.end)
     # A span starts just before its call reserves; allow the longest call on both sides of the window.
     slack = timedelta(seconds=cfg.escalation.timeout_s)
     try:

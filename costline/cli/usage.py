@@ -26,20 +26,19 @@ def usage(
     config: ConfigOption = None,
 ) -> None:
     """Today's (UTC) escalations, tokens and cost by reason, with quota and budget headroom."""
-    from router.usage_store import Headroom, Limits, UsageStore
+    from router.usage_store import Headroom, Limits, open_usage_store
 
     cfg = load_or_exit(config)
     limits = Limits.from_config(cfg)
-    path = cfg.usage_db_path
-    if path.exists():
-        store = UsageStore(path, limits)
+    if cfg.usage_db_shared or cfg.usage_db_path.exists():
+        store = open_usage_store(cfg)
         rows, headroom = store.usage_today(), store.headroom()
     else:  # nothing escalated yet on this machine; do not create the file just to read it
         rows = []
         headroom = Headroom(
             0, limits.max_calls_per_hour, None, Decimal(0), limits.daily_usd, Decimal(0), limits.monthly_usd
         )
-    report = _report(rows, headroom, str(path))
+    report = _report(rows, headroom, str(cfg.usage_db_location))
     if output is Format.json:
         typer.echo(json.dumps(report, indent=2))
         return
