@@ -79,11 +79,17 @@ TASK_OUTCOMES: Final = (
 ERROR_QUOTA_EXHAUSTED: Final = "quota_exhausted"
 ERROR_BUDGET_EXHAUSTED: Final = "budget_exhausted"
 ERROR_MISSING_CREDENTIALS: Final = "missing_credentials"
+ERROR_USAGE_STORE_UNAVAILABLE: Final = "usage_store_unavailable"  # the quota and budgets could not be checked
 ERROR_TRUNCATED: Final = "truncated"
 ERROR_CANCELLED: Final = "cancelled"
 ERROR_VALIDATOR: Final = "validator_error"  # the task's validator raised instead of answering
 # Escalations the router refused before calling Claude: they cost nothing and are not escalations.
-REFUSAL_ERROR_TYPES: Final = (ERROR_QUOTA_EXHAUSTED, ERROR_BUDGET_EXHAUSTED, ERROR_MISSING_CREDENTIALS)
+REFUSAL_ERROR_TYPES: Final = (
+    ERROR_QUOTA_EXHAUSTED,
+    ERROR_BUDGET_EXHAUSTED,
+    ERROR_MISSING_CREDENTIALS,
+    ERROR_USAGE_STORE_UNAVAILABLE,
+)
 
 # error.type values the router emits. Other emitters' values are kept in the ledger as they come;
 # metrics fold anything outside this set into "other" so label cardinality stays bounded.

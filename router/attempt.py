@@ -13,6 +13,7 @@ estimated, since the upper bound is the only figure that cannot under-count what
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from decimal import Decimal
@@ -23,6 +24,7 @@ from costline.pricing import TokenUsage
 from router.errors import ProviderFailure
 from router.providers import CallProgress, Endpoint, Reply
 from router.task import AttemptRecord, Validator
+from router.usage_db import UsageStoreUnavailable
 from router.usage_store import (
     STATUS_FAILED,
     STATUS_SUCCEEDED,
@@ -34,6 +36,8 @@ from router.usage_store import (
 
 if TYPE_CHECKING:
     from router.router import _TaskRun
+
+log = logging.getLogger(__name__)
 
 
 class Attempt:
@@ -143,8 +147,12 @@ class Attempt:
                 cost = None  # began answering, usage never completed
             status = STATUS_SUCCEEDED if failure is None else STATUS_FAILED if billed else STATUS_UNBILLED
             error_type = failure.error_type if failure else None
-            cost = self.run.router.usage.settle(self.reservation, Settlement(status, usage, cost, error_type))
             estimated = billed and self.reply is None and not self.progress.complete
+            try:
+                cost = self.run.router.usage.settle(self.reservation, Settlement(status, usage, cost, error_type))
+            except UsageStoreUnavailable as exc:
+                # The reservation stays counted at its upper bound; the span still records what the call used.
+                log.error("could not settle escalation call %d: %s", self.reservation.call_id, exc)
         return AttemptRecord(
             index=self.index,
             tier=self.tier,

@@ -24,6 +24,7 @@ from router.providers.anthropic import AnthropicProvider
 from router.providers.ollama import OllamaProvider
 from router.task import AttemptRecord, Task, TaskResult
 from router.telemetry import Telemetry, build_tracer_provider
+from router.usage_db import UsageStoreUnavailable
 from router.usage_store import Refusal, Reservation, open_usage_store
 
 log = logging.getLogger(__name__)
@@ -141,9 +142,12 @@ class Router:
             bound = claude.usage_bound(state.claude_system(), state.claude_messages())
             cost_bound = self.pricer.upper_bound(attr.PROVIDER_ANTHROPIC, step.model, bound)
             trace_id, span_id = attempt.ids
-            admission = self.usage.reserve(
-                state.task.id, step.reason, step.model, bound_usd=cost_bound, trace_id=trace_id, span_id=span_id
-            )
+            try:
+                admission = self.usage.reserve(
+                    state.task.id, step.reason, step.model, bound_usd=cost_bound, trace_id=trace_id, span_id=span_id
+                )
+            except UsageStoreUnavailable as exc:  # fail closed: no budget check, no call
+                admission = Refusal(attr.ERROR_USAGE_STORE_UNAVAILABLE, str(exc))
         return attempt.admit(admission)
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
@@ -313,11 +317,11 @@ class _TaskRun:
             return
         if failure.error_type in attr.REFUSAL_ERROR_TYPES:
             log.warning("task %s: escalation refused: %s", self.task.id, failure.message)
-            if failure.error_type == attr.ERROR_MISSING_CREDENTIALS:
-                self.headline = f"escalation to {record.model} refused: {failure.message}"
-            else:  # the quota or a budget: the task's outcome names it
-                self.refusal = Refusal(failure.error_type, failure.message)
+            if failure.error_type in (attr.ERROR_QUOTA_EXHAUSTED, attr.ERROR_BUDGET_EXHAUSTED):
+                self.refusal = Refusal(failure.error_type, failure.message)  # the task's outcome names it
                 self.headline = failure.message
+            else:
+                self.headline = f"escalation to {record.model} refused: {failure.message}"
             self.escalation_over, self.headline_attempt = True, record.index
             return
         self.calls += 1

@@ -53,6 +53,10 @@ SQLITE_MIGRATIONS = (
 )
 
 
+class UsageStoreUnavailable(Exception):
+    """The usage database could not be reached or written; the message names it and says why."""
+
+
 class UsageDatabase(Protocol):
     location: str  # for messages: a path, or a URL without its password
 
@@ -142,13 +146,20 @@ class SqliteUsage:
 
     @contextmanager
     def exclusive(self) -> Iterator[Execute]:
-        with self._connect() as db, self._transaction(db):
+        with self._unavailable_as_error(), self._connect() as db, self._transaction(db):
             yield self._executor(db)
 
     @contextmanager
     def read(self) -> Iterator[Execute]:
-        with self._connect() as db:
+        with self._unavailable_as_error(), self._connect() as db:
             yield self._executor(db)
+
+    @contextmanager
+    def _unavailable_as_error(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk full, unreadable file
+            raise UsageStoreUnavailable(f"the usage store {self.location} is unavailable: {exc}") from exc
 
 
 class PostgresUsage:
@@ -187,7 +198,10 @@ class PostgresUsage:
     @contextmanager
     def _session(self, *, exclusive: bool) -> Iterator[Execute]:
         with self._lock:
-            connection = self._connect()
+            try:
+                connection = self._connect()
+            except self._psycopg.OperationalError as exc:
+                raise UsageStoreUnavailable(f"the usage store {self.location} is unreachable: {exc}") from exc
             try:
                 with connection.transaction(), connection.cursor() as cursor:
                     if exclusive:
@@ -198,9 +212,9 @@ class PostgresUsage:
                         return cursor.fetchall() if cursor.description is not None else []
 
                     yield execute
-            except self._psycopg.OperationalError:
+            except self._psycopg.OperationalError as exc:
                 connection.close()  # the next operation reconnects
-                raise
+                raise UsageStoreUnavailable(f"the usage store {self.location} is unavailable: {exc}") from exc
 
     def exclusive(self) -> Any:
         return self._session(exclusive=True)

@@ -14,14 +14,16 @@ from pathlib import Path
 from queue import Empty
 from typing import Any
 
+import psycopg
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from pg_server import fresh_database, running_postgres
 from typer.testing import CliRunner
 
 from costline.cli import app
-from costline.config import Config, ConfigError, load_config
+from costline.config import Config, ConfigError, load_config, with_overrides
 from costline.demo.fake_anthropic import ClaudeReply
+from costline.demo.fake_ollama import OllamaError
 from costline.pricing import TokenUsage
 from router import Router, Task
 from router.usage_store import Limits, Refusal, Reservation, Settlement, UsageStore
@@ -175,3 +177,29 @@ def test_a_password_in_the_url_is_refused_at_start(tmp_path):
         load_config(path, env={})
     assert "s3cret" not in str(refused.value)
     assert "give it in PGPASSWORD or a ~/.pgpass file" in str(refused.value)
+
+
+def test_an_unreachable_store_refuses_the_escalation_and_the_local_chain_goes_on(
+    tmp_path, fake_ollama, fake_anthropic, pg_server, pg_url
+):
+    config = with_overrides(
+        _machine(tmp_path, "a", fake_anthropic, pg_url, ""),
+        router={"ollama_host": fake_ollama.url, "timeout_s": 5.0},
+    )
+    database = pg_url.rsplit("/", 1)[1]
+    fake_ollama.script("qwen2.5-coder:14b", OllamaError(500))
+    fake_ollama.script("qwen3:30b-a3b", OllamaError(500))
+    with Router(config, tracer_provider=TracerProvider()) as router:
+        with psycopg.connect(pg_server, autocommit=True) as admin:  # the database goes away under the router
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+        outage = router.run(Task("x"))
+        with psycopg.connect(pg_server, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        back = router.run(Task("y", prefer_escalation=True))
+
+    assert outage.ok and not outage.escalated  # the last local model answered
+    assert [a.error_type for a in outage.attempts] == ["server_error", "server_error", "usage_store_unavailable", None]
+    assert outage.attempts[2].error_message.startswith(f"the usage store {pg_url} is unavailable")
+    assert fake_anthropic.message_requests()[0]["messages"][0]["content"] == "y"  # nothing went out during the outage
+    assert back.ok and back.escalated  # the next escalation reconnected
