@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 import sqlite3
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -22,8 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
+from router_processes import escalate_in_processes
 from typer.testing import CliRunner
 
 from costline import spans as attr
@@ -101,29 +101,13 @@ def test_eight_asyncio_tasks_never_spend_more_than_the_budget(fake_anthropic, ma
     assert_budget_held(config.usage_db_path, asyncio.run(main()))
 
 
-def _escalate_in_threads(config: Config, tasks: int, barrier: Any, results: Any) -> None:
-    barrier.wait()  # both processes start escalating together
-    with Router(config, tracer_provider=TracerProvider()) as router, ThreadPoolExecutor(tasks) as pool:
-        done = list(pool.map(router.run, [Task(PROMPT, prefer_escalation=True) for _ in range(tasks)]))
-    results.put([(r.outcome, str(r.cost_usd), r.error) for r in done])
-
-
 def test_two_processes_never_spend_more_than_the_budget_together(fake_anthropic, make_config):
     fake_anthropic.set_default(SONNET, SLOW_ANSWER)
     config = budget_config(make_config)
-    ctx = multiprocessing.get_context("spawn")
-    barrier, queue = ctx.Barrier(2), ctx.Queue()
-    children = [ctx.Process(target=_escalate_in_threads, args=(config, 4, barrier, queue)) for _ in range(2)]
-    for child in children:
-        child.start()
-    outcomes = [outcome for _ in children for outcome in queue.get(timeout=120)]
-    for child in children:
-        child.join(timeout=30)
-        assert child.exitcode == 0
-    spent = sum(Decimal(cost) for _, cost, _ in outcomes)
-    assert spent <= BUDGET
+    outcomes = escalate_in_processes([config, config], PROMPT, 4)
+    assert sum(Decimal(cost) for _, cost in outcomes) <= BUDGET
     assert sum(cost for _, cost, _ in calls(config.usage_db_path)) <= BUDGET
-    assert {outcome for outcome, _, _ in outcomes} == {"completed", "budget_exhausted"}
+    assert {outcome for outcome, _ in outcomes} == {"completed", "budget_exhausted"}
 
 
 def test_budgets_never_block_local_models(fake_ollama, fake_anthropic, make_config, tracer_provider):
@@ -201,6 +185,21 @@ class Answering:
         monkeypatch.setattr("router.attempt.CallProgress", SignallingProgress)
 
 
+def cancel_when(ready: Callable[[], bool], router: Router, task: Task) -> None:
+    """Run ``task`` as an asyncio task and cancel it once ``ready()``; the cancellation must reach the caller."""
+
+    async def main() -> None:
+        with router:
+            running = asyncio.create_task(router.arun(task))
+            while not ready():
+                await asyncio.sleep(0.01)
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+
+    asyncio.run(main())
+
+
 def test_a_raising_validator_still_books_the_billed_call(fake_anthropic, make_config, tracer_provider, spans):
     fake_anthropic.script(SONNET, ClaudeReply(text="{not json", input_tokens=1500, output_tokens=300))
 
@@ -227,16 +226,7 @@ def test_cancelled_while_waiting_for_claude_is_unbilled_and_gives_the_slot_back(
     config = budget_config(make_config)
     task = Task(PROMPT, prefer_escalation=True)
 
-    async def main() -> None:
-        with Router(config, tracer_provider=tracer_provider) as router:
-            running = asyncio.create_task(router.arun(task))
-            while not fake_anthropic.message_requests():
-                await asyncio.sleep(0.01)
-            running.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await running
-
-    asyncio.run(main())
+    cancel_when(lambda: bool(fake_anthropic.message_requests()), Router(config, tracer_provider=tracer_provider), task)
     (span,) = spans.attempts(task.id)
     assert span.attributes[attr.ERROR_TYPE] == "cancelled" and attr.USAGE_INPUT_TOKENS not in span.attributes
     task_span = spans.task(task.id)
@@ -253,16 +243,7 @@ def test_cancelled_mid_answer_settles_at_the_reservation_marked_estimated(
     config = budget_config(make_config)
     task = Task(PROMPT, prefer_escalation=True)
 
-    async def main() -> None:
-        with Router(config, tracer_provider=tracer_provider) as router:
-            running = asyncio.create_task(router.arun(task))
-            while not answering.event.is_set():
-                await asyncio.sleep(0.01)
-            running.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await running
-
-    asyncio.run(main())
+    cancel_when(answering.event.is_set, Router(config, tracer_provider=tracer_provider), task)
     (span,) = spans.attempts(task.id)
     assert span.attributes[attr.ERROR_TYPE] == "cancelled"
     assert span.attributes[attr.USAGE_INPUT_TOKENS] == 1500  # message_start told the input usage
@@ -295,16 +276,7 @@ def test_a_cancelled_local_call_is_booked_with_the_compute_it_may_have_used(
     config = make_config(local_compute={"usd_per_hour": 3.6})
     task = Task("x")
 
-    async def main() -> None:
-        with Router(config, tracer_provider=tracer_provider) as router:
-            running = asyncio.create_task(router.arun(task))
-            while not fake_ollama.chat_requests(PRIMARY):
-                await asyncio.sleep(0.01)
-            running.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await running
-
-    asyncio.run(main())
+    cancel_when(lambda: bool(fake_ollama.chat_requests(PRIMARY)), Router(config, tracer_provider=tracer_provider), task)
     (span,) = spans.attempts(task.id)
     assert span.attributes[attr.ERROR_TYPE] == "cancelled"
     assert span.attributes[attr.LOCAL_COMPUTE_SECONDS] > 0  # the wall time: an upper bound of the model's time

@@ -9,11 +9,10 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import StatusCode
+from router_processes import escalate_in_processes
 
 from costline import spans as attr
-from costline.config import Config
 from costline.demo.fake_anthropic import ClaudeReply
 from costline.demo.fake_ollama import OllamaError, OllamaReply
 from costline.pricing import TokenUsage
@@ -70,26 +69,12 @@ def test_a_restart_forgets_nothing(fake_anthropic, make_config, tracer_provider)
     assert result.error.startswith("escalation quota reached (2/h)")
 
 
-def _escalate_in_child(config: Config, tasks: int, barrier, results) -> None:
-    barrier.wait()  # both processes start escalating together
-    with Router(config, tracer_provider=TracerProvider()) as router:
-        results.put([router.run(Task(f"child {i}", prefer_escalation=True)).outcome for i in range(tasks)])
-
-
 def test_two_processes_share_one_quota(fake_anthropic, make_config):
     # Slow answers keep both processes' calls in flight together, so the slot reservations really race.
     fake_anthropic.set_default("claude-sonnet-4-6", ClaudeReply(delay_s=0.05))
     config = make_config(escalation={"max_calls_per_hour": 5})
-    ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(2), ctx.Queue()
-    children = [ctx.Process(target=_escalate_in_child, args=(config, 4, barrier, results)) for _ in range(2)]
-    for child in children:
-        child.start()
-    outcomes = [outcome for _ in children for outcome in results.get(timeout=120)]
-    for child in children:
-        child.join(timeout=30)
-        assert child.exitcode == 0
-    assert sorted(outcomes) == ["completed"] * 5 + ["quota_exhausted"] * 3
+    outcomes = escalate_in_processes([config, config], "child", 4)
+    assert sorted(outcome for outcome, _ in outcomes) == ["completed"] * 5 + ["quota_exhausted"] * 3
     assert len(fake_anthropic.message_requests()) == 5
 
 
@@ -163,19 +148,21 @@ def test_daily_budget_resets_at_utc_midnight_and_monthly_on_the_first(tmp_path):
     clock = Clock(datetime(2026, 3, 31, 23, 0, tzinfo=UTC))
     store = _store(tmp_path, clock, calls=100, daily="1", monthly="1.5")
     bound = Decimal("0.25")
-    reservation = store.reserve("a", "threshold", "m", bound_usd=bound)
-    store.settle(reservation, Settlement("succeeded", TokenUsage(10, 10), Decimal("0.80")))
+
+    def spend(cost: str) -> None:
+        reservation = store.reserve("t", "threshold", "m", bound_usd=bound)
+        store.settle(reservation, Settlement("succeeded", TokenUsage(10, 10), Decimal(cost)))
+
+    spend("0.80")
     assert store.reserve("b", "threshold", "m", bound_usd=bound) == Refusal(
         "budget_exhausted",
         "daily budget of $1.00 reached: $0.8000 spent + $0.0000 reserved by calls in flight, and this call may cost "
         "up to $0.2500; resets at 00:00 UTC",
     )
     clock.now = datetime(2026, 4, 1, 0, 0, 1, tzinfo=UTC)
-    reservation = store.reserve("c", "threshold", "m", bound_usd=bound)
-    store.settle(reservation, Settlement("succeeded", TokenUsage(10, 10), Decimal("0.60")))
+    spend("0.60")
     clock.now = datetime(2026, 4, 2, 9, 0, tzinfo=UTC)
-    reservation = store.reserve("d", "threshold", "m", bound_usd=bound)
-    store.settle(reservation, Settlement("succeeded", TokenUsage(10, 10), Decimal("0.70")))
+    spend("0.70")
     assert store.reserve("e", "threshold", "m", bound_usd=bound) == Refusal(
         "budget_exhausted",
         "monthly budget of $1.50 reached: $1.30 spent + $0.0000 reserved by calls in flight, and this call may cost "

@@ -4,20 +4,18 @@ number of machines (simulated here by processes with separate local state and on
 from __future__ import annotations
 
 import json
-import multiprocessing
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from queue import Empty
 from typing import Any
 
 import psycopg
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from pg_server import fresh_database, running_postgres
+from router_processes import escalate_in_processes
 from typer.testing import CliRunner
 
 from costline.cli import app
@@ -98,13 +96,6 @@ def test_the_rolling_hour_and_the_budgets_behave_the_same_on_both_stores(locatio
     assert again.headroom() == headroom
 
 
-def _race(config: Config, tasks: int, barrier: Any, results: Any) -> None:
-    barrier.wait()  # both "machines" start escalating together
-    with Router(config, tracer_provider=TracerProvider()) as router, ThreadPoolExecutor(tasks) as pool:
-        done = list(pool.map(router.run, [Task("p" * 2000, prefer_escalation=True) for _ in range(tasks)]))
-    results.put([(r.outcome, str(r.cost_usd)) for r in done])
-
-
 def _machine(tmp_path: Path, name: str, fake_anthropic: Any, usage_db: str, budgets: str) -> Config:
     """A router config with its own local state (spool, default SQLite location) and the shared usage store."""
     home = tmp_path / name
@@ -119,31 +110,11 @@ def _machine(tmp_path: Path, name: str, fake_anthropic: Any, usage_db: str, budg
     return load_config(path, env={})
 
 
-def _race_two_machines(configs: list[Config], tasks_each: int) -> list[tuple[str, str]]:
-    ctx = multiprocessing.get_context("spawn")
-    barrier, queue = ctx.Barrier(len(configs)), ctx.Queue()
-    children = [ctx.Process(target=_race, args=(config, tasks_each, barrier, queue)) for config in configs]
-    for child in children:
-        child.start()
-    outcomes: list[tuple[str, str]] = []
-    for _ in children:
-        while True:
-            try:
-                outcomes += queue.get(timeout=1)
-                break
-            except Empty:
-                assert all(c.is_alive() or c.exitcode == 0 for c in children), "a router process failed"
-    for child in children:
-        child.join(timeout=30)
-        assert child.exitcode == 0
-    return outcomes
-
-
 def test_two_machines_share_one_hourly_quota(tmp_path, fake_anthropic, pg_url):
     fake_anthropic.set_default(SONNET, ClaudeReply(input_tokens=1500, output_tokens=300, delay_s=0.2))
     budgets = "[budgets]\ndaily_usd = 0\nmonthly_usd = 0\n"
     configs = [_machine(tmp_path, name, fake_anthropic, pg_url, budgets) for name in ("a", "b")]
-    outcomes = _race_two_machines(configs, 10)
+    outcomes = escalate_in_processes(configs, "p" * 2000, 10)
     assert sorted(outcome for outcome, _ in outcomes) == ["completed"] * 5 + ["quota_exhausted"] * 15
     assert len(fake_anthropic.message_requests()) == 5
 
@@ -153,7 +124,7 @@ def test_two_machines_never_spend_more_than_one_budget_together(tmp_path, fake_a
     fake_anthropic.set_default(SONNET, ClaudeReply(input_tokens=1500, output_tokens=300, delay_s=0.2))
     budgets = "[budgets]\ndaily_usd = 0.025\nmonthly_usd = 0\n"
     configs = [_machine(tmp_path, name, fake_anthropic, pg_url, budgets) for name in ("a", "b")]
-    outcomes = _race_two_machines(configs, 4)
+    outcomes = escalate_in_processes(configs, "p" * 2000, 4)
     assert sum(Decimal(cost) for _, cost in outcomes) <= Decimal("0.025")
     assert {outcome for outcome, _ in outcomes} == {"completed", "budget_exhausted"}
     headroom = UsageStore(pg_url, Limits(5, Decimal("0.025"), Decimal(0))).headroom()
