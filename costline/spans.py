@@ -45,6 +45,9 @@ ATTEMPT_INDEX: Final = "costline.attempt.index"
 ATTEMPT_TIER: Final = "costline.attempt.tier"
 ESCALATION_REASON: Final = "costline.escalation.reason"
 LOCAL_COMPUTE_SECONDS: Final = "costline.local.compute_seconds"
+TEAM: Final = "costline.team"  # attribution, when the caller gives it (task and attempt spans)
+PROJECT: Final = "costline.project"
+USER_ID: Final = "user.id"  # OpenTelemetry's general attribute for the end user
 
 OPERATION_CHAT: Final = "chat"
 PROVIDER_OLLAMA: Final = "ollama"

@@ -79,7 +79,9 @@ class Attempt:
         """Take the usage store's answer; True when the call may go ahead."""
         if isinstance(admission, Refusal):
             self._refused = True
-            self.failure = ProviderFailure(admission.error_type, admission.message)
+            self.failure = ProviderFailure(
+                admission.error_type, admission.message, retry_after_s=admission.retry_after_s
+            )
             return False
         with self._lock:
             if not self._closed:

@@ -198,7 +198,12 @@ class _TaskRun:
         self.router, self.config, self.task = router, router.config, task
         self.critical = policy.is_critical(self.config, task)
         self.attempts: list[AttemptRecord] = []
-        self.local_models = list(self.config.router.models)
+        models = list(self.config.router.models)
+        if task.start_model is not None and task.start_model not in models:
+            raise ValueError(f"start_model {task.start_model!r} is not one of router.models: {', '.join(models)}")
+        # A task may start further down the chain; each model keeps its own tier.
+        self.local_models = models[models.index(task.start_model) :] if task.start_model else models
+        self.primary = models[0]
         self.next_local = 0
         self.local_failures = 0
         self.reason = policy.escalation_before_local(self.config, task)
@@ -237,8 +242,8 @@ class _TaskRun:
         if self.task.prefer_escalation:
             return None  # an explicit request for Claude never falls back to local models
         if self.next_local < len(self.local_models):
-            index = self.next_local
-            return _Local(self.local_models[index], attr.TIER_PRIMARY if index == 0 else attr.TIER_FALLBACK)
+            model = self.local_models[self.next_local]
+            return _Local(model, attr.TIER_PRIMARY if model == self.primary else attr.TIER_FALLBACK)
         return None
 
     def attempt(self, step: _Local | _Escalate) -> Attempt:
@@ -318,7 +323,7 @@ class _TaskRun:
         if failure.error_type in attr.REFUSAL_ERROR_TYPES:
             log.warning("task %s: escalation refused: %s", self.task.id, failure.message)
             if failure.error_type in (attr.ERROR_QUOTA_EXHAUSTED, attr.ERROR_BUDGET_EXHAUSTED):
-                self.refusal = Refusal(failure.error_type, failure.message)  # the task's outcome names it
+                self.refusal = Refusal(failure.error_type, failure.message, failure.retry_after_s)
                 self.headline = failure.message
             else:
                 self.headline = f"escalation to {record.model} refused: {failure.message}"
@@ -385,6 +390,7 @@ class _TaskRun:
             attempts=list(self.attempts),
             cost_usd=cost,
             error=error,
+            retry_after_s=self.refusal.retry_after_s if self.refusal is not None else None,
         )
 
     def _error(self) -> str:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from costline.spans import PROJECT, TEAM, USER_ID
+
 Validator = Callable[[str], str | None]
 
 
@@ -22,6 +24,10 @@ class Task:
     critical: bool | None = None  # None: decided by escalation.critical_task_types
     prefer_escalation: bool = False  # go straight to Claude
     validator: Validator | None = None  # returns None when the output is acceptable, else why not
+    start_model: str | None = None  # start the local chain at this model of router.models (None: the primary)
+    team: str | None = None  # attribution: costline.team, costline.project and user.id on the task's spans
+    project: str | None = None
+    user: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
@@ -37,6 +43,11 @@ class Task:
                     raise ValueError("each message needs a role and a content, e.g. {'role': 'user', 'content': 'hi'}")
         if not self.type:
             raise ValueError("a Task's type must not be empty")
+
+    def attribution(self) -> dict[str, str]:
+        """The span attributes that say whom the task's cost belongs to."""
+        given = {TEAM: self.team, PROJECT: self.project, USER_ID: self.user}
+        return {key: value for key, value in given.items() if value}
 
     def conversation(self) -> list[dict[str, Any]]:
         """The chat messages for the model, without the system prompt."""
@@ -78,6 +89,7 @@ class TaskResult:
     attempts: list[AttemptRecord]
     cost_usd: Decimal
     error: str | None = None
+    retry_after_s: float | None = None  # refused by the quota or a budget: seconds until there is room again
 
     @property
     def models(self) -> list[str]:

@@ -75,7 +75,12 @@ class Telemetry:
         span = self.tracer.start_span(
             attr.task_span_name(task.type),
             kind=SpanKind.INTERNAL,
-            attributes={attr.TASK_ID: task.id, attr.TASK_TYPE: task.type, attr.TASK_CRITICAL: critical},
+            attributes={
+                attr.TASK_ID: task.id,
+                attr.TASK_TYPE: task.type,
+                attr.TASK_CRITICAL: critical,
+                **task.attribution(),
+            },
         )
         return span, context.attach(trace.set_span_in_context(span))
 
@@ -112,6 +117,7 @@ class Telemetry:
             attr.TASK_TYPE: task.type,
             attr.ATTEMPT_INDEX: index,
             attr.ATTEMPT_TIER: tier,
+            **task.attribution(),
         }
         if endpoint is not None:
             attributes[attr.SERVER_ADDRESS] = endpoint.address

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -62,8 +62,9 @@ class Reservation:
 
 @dataclass(frozen=True)
 class Refusal:
-    error_type: str  # quota_exhausted | budget_exhausted
+    error_type: str  # quota_exhausted | budget_exhausted | missing_credentials | usage_store_unavailable
     message: str
+    retry_after_s: float | None = field(default=None, compare=False)  # when the quota or budget has room again
 
 
 @dataclass(frozen=True)
@@ -207,12 +208,15 @@ class UsageStore:
             frees_at = datetime.fromtimestamp(rows[len(rows) - limit][0], UTC) + WINDOW
             minutes = max(1, math.ceil((frees_at - now).total_seconds() / 60))
             return Refusal(
-                attr.ERROR_QUOTA_EXHAUSTED, f"escalation quota reached ({limit}/h); next slot in {minutes} min"
+                attr.ERROR_QUOTA_EXHAUSTED,
+                f"escalation quota reached ({limit}/h); next slot in {minutes} min",
+                (frees_at - now).total_seconds(),
             )
         month_start = _month_start(now)
-        for period, budget, since, resets in (
-            ("daily", self.limits.daily_usd, _day_start(now), "at 00:00 UTC"),
-            ("monthly", self.limits.monthly_usd, month_start, f"on {_next_month(month_start):%Y-%m-%d} at 00:00 UTC"),
+        day_start = _day_start(now)
+        for period, budget, since, reset_at in (
+            ("daily", self.limits.daily_usd, day_start, day_start + timedelta(days=1)),
+            ("monthly", self.limits.monthly_usd, month_start, _next_month(month_start)),
         ):
             if budget <= 0:
                 continue
@@ -221,7 +225,9 @@ class UsageStore:
                 return Refusal(
                     attr.ERROR_BUDGET_EXHAUSTED,
                     f"{period} budget of ${_money(budget)} reached: ${_money(spent)} spent + ${_money(reserved)} "
-                    f"reserved by calls in flight, and this call may cost up to ${_money(bound_usd)}; resets {resets}",
+                    f"reserved by calls in flight, and this call may cost up to ${_money(bound_usd)}; resets "
+                    + ("at 00:00 UTC" if period == "daily" else f"on {reset_at:%Y-%m-%d} at 00:00 UTC"),
+                    (reset_at - now).total_seconds(),
                 )
         return None
 
