@@ -100,6 +100,13 @@ class CollectorConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    host: str = "127.0.0.1"
+    port: int = 11435
+    allow_unauthenticated: bool = False  # serve beyond loopback without COSTLINE_PROXY_TOKEN
+
+
+@dataclass(frozen=True)
 class Config:
     router: RouterConfig = field(default_factory=RouterConfig)
     escalation: EscalationConfig = field(default_factory=EscalationConfig)
@@ -108,6 +115,7 @@ class Config:
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     source: str = "defaults"
 
     @property
@@ -119,6 +127,11 @@ class Config:
     def ingest_token(self) -> str | None:
         """Optional bearer token that OTLP ingest requires (env ``COSTLINE_INGEST_TOKEN`` only)."""
         return os.environ.get("COSTLINE_INGEST_TOKEN") or None
+
+    @property
+    def proxy_token(self) -> str | None:
+        """Bearer token the proxy requires (env ``COSTLINE_PROXY_TOKEN`` only)."""
+        return os.environ.get("COSTLINE_PROXY_TOKEN") or None
 
     @property
     def usage_db_shared(self) -> bool:
@@ -160,6 +173,7 @@ _SECTIONS: dict[str, type] = {
     "local_compute": LocalComputeConfig,
     "telemetry": TelemetryConfig,
     "collector": CollectorConfig,
+    "proxy": ProxyConfig,
 }
 
 # Conventional variables that users already set for these tools.
@@ -362,6 +376,7 @@ def _validate(c: Config) -> None:
         "must be >= 1 (MB of spans that may wait on disk for the collector)",
         s,
     )
+    _check(0 <= c.proxy.port <= 65535, "proxy.port", c.proxy.port, "must be a TCP port, 0-65535 (0: a free one)", s)
     for key in ("otlp_port", "metrics_port"):
         port = getattr(col, key)
         _check(0 <= port <= 65535, f"collector.{key}", port, "must be a TCP port, 0-65535 (0 picks a free one)", s)
