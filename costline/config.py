@@ -116,6 +116,8 @@ class Config:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    team_budgets: Mapping[str, BudgetConfig] = field(default_factory=dict)  # [budgets.teams."NAME"]
+    validators: Mapping[str, str] = field(default_factory=dict)  # [validators] task_type = "json"
     source: str = "defaults"
 
     @property
@@ -208,10 +210,15 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
 
 def _build(raw: dict[str, Any], env: Mapping[str, str], source: str) -> Config:
     for key in raw:
-        if key not in _SECTIONS and key != "prices":
+        if key not in _SECTIONS and key not in _TABLES:
             raise ConfigError(
-                key, raw[key], f"unknown section; known sections: {', '.join([*_SECTIONS, 'prices'])}", source
+                key, raw[key], f"unknown section; known sections: {', '.join([*_SECTIONS, *_TABLES])}", source
             )
+    budgets = raw.get("budgets")
+    teams = {}
+    if isinstance(budgets, dict) and "teams" in budgets:
+        raw = {**raw, "budgets": {k: v for k, v in budgets.items() if k != "teams"}}
+        teams = budgets["teams"]
     sections: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         table = raw.get(name, {})
@@ -219,7 +226,13 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str) -> Config:
             raise ConfigError(name, table, f"must be a table: [{name}]", source)
         sections[name] = _section(name, cls, table, env, source)
     prices = _prices(raw.get("prices", {}), source)
-    config = Config(**sections, prices=prices, source=source)
+    config = Config(
+        **sections,
+        prices=prices,
+        team_budgets=_team_budgets(teams, source),
+        validators=_validators(raw.get("validators", {}), source),
+        source=source,
+    )
     _validate(config)
     return config
 
@@ -292,6 +305,36 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     return value
 
 
+_TABLES = ("prices", "validators")
+BUILTIN_VALIDATORS = ("json",)  # [validators] task_type = "json": the answer must parse as JSON
+
+
+def _team_budgets(table: Any, source: str) -> dict[str, BudgetConfig]:
+    if not isinstance(table, dict):
+        raise ConfigError("budgets.teams", table, 'must be tables: [budgets.teams."team-name"]', source)
+    teams = {}
+    for team, entry in table.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(
+                f'budgets.teams."{team}"', entry, "must be a table with daily_usd and/or monthly_usd", source
+            )
+        # A team's budget is what its table says: absent means no budget, not the global default.
+        values = {"daily_usd": 0.0, "monthly_usd": 0.0, **entry}
+        teams[team] = _section(f'budgets.teams."{team}"', BudgetConfig, values, {}, source)
+    return teams
+
+
+def _validators(table: Any, source: str) -> dict[str, str]:
+    if not isinstance(table, dict):
+        raise ConfigError("validators", table, 'must be a table: task_type = "json"', source)
+    for task_type, name in table.items():
+        if name not in BUILTIN_VALIDATORS:
+            raise ConfigError(
+                f"validators.{task_type}", name, f"unknown validator; built in: {', '.join(BUILTIN_VALIDATORS)}", source
+            )
+    return dict(table)
+
+
 _PRICE_KEYS = tuple(f.name for f in fields(ModelPrice))
 
 
@@ -355,6 +398,10 @@ def _validate(c: Config) -> None:
     _check(not e.base_url or _is_url(e.base_url), "escalation.base_url", e.base_url, 'use a URL like "https://…"', s)
     _check(b.daily_usd >= 0, "budgets.daily_usd", b.daily_usd, "must be >= 0 (0 means no daily budget)", s)
     _check(b.monthly_usd >= 0, "budgets.monthly_usd", b.monthly_usd, "must be >= 0 (0 means no monthly budget)", s)
+    for team, tb in c.team_budgets.items():
+        for period in ("daily_usd", "monthly_usd"):
+            value = getattr(tb, period)
+            _check(value >= 0, f'budgets.teams."{team}".{period}', value, "must be >= 0 (0 means no budget)", s)
     _check(
         c.local_compute.usd_per_hour >= 0,
         "local_compute.usd_per_hour",

@@ -26,6 +26,7 @@ from router.task import AttemptRecord, Task, TaskResult
 from router.telemetry import Telemetry, build_tracer_provider
 from router.usage_db import UsageStoreUnavailable
 from router.usage_store import Refusal, Reservation, open_usage_store
+from router.validators import BUILTIN as BUILTIN_VALIDATORS
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,13 @@ class Router:
             trace_id, span_id = attempt.ids
             try:
                 admission = self.usage.reserve(
-                    state.task.id, step.reason, step.model, bound_usd=cost_bound, trace_id=trace_id, span_id=span_id
+                    state.task.id,
+                    step.reason,
+                    step.model,
+                    bound_usd=cost_bound,
+                    trace_id=trace_id,
+                    span_id=span_id,
+                    team=state.task.team,
                 )
             except UsageStoreUnavailable as exc:  # fail closed: no budget check, no call
                 admission = Refusal(attr.ERROR_USAGE_STORE_UNAVAILABLE, str(exc))
@@ -197,6 +204,8 @@ class _TaskRun:
     def __init__(self, router: Router, task: Task) -> None:
         self.router, self.config, self.task = router, router.config, task
         self.critical = policy.is_critical(self.config, task)
+        # The task's own validator, else the one its type names in [validators].
+        self.validator = task.validator or BUILTIN_VALIDATORS.get(self.config.validators.get(task.type, ""))
         self.attempts: list[AttemptRecord] = []
         models = list(self.config.router.models)
         if task.start_model is not None and task.start_model not in models:
@@ -256,7 +265,7 @@ class _TaskRun:
                 model=step.model,
                 reason=None,
                 endpoint=self.router._ollama.endpoint,
-                validator=self.task.validator,
+                validator=self.validator,
             )
         return Attempt(
             self,
@@ -265,7 +274,7 @@ class _TaskRun:
             model=step.model,
             reason=step.reason,
             endpoint=self.router._claude.endpoint,
-            validator=self.task.validator,
+            validator=self.validator,
         )
 
     # -- messages -----------------------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ COLUMNS = """
     estimated INTEGER NOT NULL DEFAULT 0,     -- 1: cost_usd is the reservation, the actual usage never arrived
     trace_id TEXT,                            -- the attempt span's ids (lowercase hex), to match the ledger's row
     span_id TEXT,
-    settled_at {real}
+    settled_at {real},
+    team TEXT                                 -- the task's team, for [budgets.teams."NAME"]
 """
 # Columns added to SQLite files made before reservations existed.
 SQLITE_MIGRATIONS = (
@@ -50,6 +51,7 @@ SQLITE_MIGRATIONS = (
     ("trace_id", "TEXT"),
     ("span_id", "TEXT"),
     ("settled_at", "REAL"),
+    ("team", "TEXT"),
 )
 
 

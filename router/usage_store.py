@@ -12,7 +12,7 @@ counted at its reservation.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -39,10 +39,21 @@ def utc_now() -> datetime:
 
 
 @dataclass(frozen=True)
+class Budget:
+    daily_usd: Decimal  # 0: no budget
+    monthly_usd: Decimal
+
+    @classmethod
+    def of(cls, daily_usd: float, monthly_usd: float) -> Budget:
+        return cls(Decimal(str(daily_usd)), Decimal(str(monthly_usd)))
+
+
+@dataclass(frozen=True)
 class Limits:
     max_calls_per_hour: int
     daily_usd: Decimal  # 0: no budget
     monthly_usd: Decimal
+    teams: Mapping[str, Budget] = field(default_factory=dict)  # a team's own budgets, within the global ones
 
     @classmethod
     def from_config(cls, config: Config) -> Limits:
@@ -51,6 +62,7 @@ class Limits:
             config.escalation.max_calls_per_hour,
             Decimal(str(budgets.daily_usd)),
             Decimal(str(budgets.monthly_usd)),
+            {team: Budget.of(b.daily_usd, b.monthly_usd) for team, b in config.team_budgets.items()},
         )
 
 
@@ -138,17 +150,18 @@ class UsageStore:
         bound_usd: Decimal = Decimal(0),
         trace_id: str | None = None,
         span_id: str | None = None,
+        team: str | None = None,
     ) -> Reservation | Refusal:
         """Take a quota slot and reserve ``bound_usd`` (the most the call can cost) if the quota and budgets allow
         both; otherwise record and return the refusal. One exclusive transaction, so concurrent callers can't both
         pass."""
         now = self._clock()
         with self.db.exclusive() as execute:
-            refusal = self._check(execute, now, bound_usd)
+            refusal = self._check(execute, now, bound_usd, team)
             held = Decimal(0) if refusal else bound_usd
             ((call_id,),) = execute(
                 "INSERT INTO escalation_calls (at, task_id, reason, model, status, error_type, cost_usd, reserved_usd, "
-                "estimated, trace_id, span_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                "estimated, trace_id, span_id, team) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     now.timestamp(),
                     task_id,
@@ -161,6 +174,7 @@ class UsageStore:
                     0 if refusal else 1,
                     trace_id,
                     span_id,
+                    team,
                 ),
             )
         return refusal or Reservation(int(call_id), bound_usd)
@@ -198,7 +212,7 @@ class UsageStore:
             )
         return cost
 
-    def _check(self, execute: Execute, now: datetime, bound_usd: Decimal) -> Refusal | None:
+    def _check(self, execute: Execute, now: datetime, bound_usd: Decimal, team: str | None) -> Refusal | None:
         limit = self.limits.max_calls_per_hour
         rows = _calls_in_window(execute, now)
         if len(rows) >= limit:
@@ -212,23 +226,27 @@ class UsageStore:
                 f"escalation quota reached ({limit}/h); next slot in {minutes} min",
                 (frees_at - now).total_seconds(),
             )
-        month_start = _month_start(now)
-        day_start = _day_start(now)
-        for period, budget, since, reset_at in (
-            ("daily", self.limits.daily_usd, day_start, day_start + timedelta(days=1)),
-            ("monthly", self.limits.monthly_usd, month_start, _next_month(month_start)),
-        ):
-            if budget <= 0:
-                continue
-            spent, reserved = _spent_since(execute, since)
-            if spent + reserved + bound_usd > budget:
-                return Refusal(
-                    attr.ERROR_BUDGET_EXHAUSTED,
-                    f"{period} budget of ${_money(budget)} reached: ${_money(spent)} spent + ${_money(reserved)} "
-                    f"reserved by calls in flight, and this call may cost up to ${_money(bound_usd)}; resets "
-                    + ("at 00:00 UTC" if period == "daily" else f"on {reset_at:%Y-%m-%d} at 00:00 UTC"),
-                    (reset_at - now).total_seconds(),
-                )
+        budgets = [("", Budget(self.limits.daily_usd, self.limits.monthly_usd), None)]
+        if team is not None and team in self.limits.teams:
+            budgets.append((f"team {team}'s ", self.limits.teams[team], team))
+        day_start, month_start = _day_start(now), _month_start(now)
+        for whose, budget, only_team in budgets:
+            for period, limit, since, reset_at in (
+                ("daily", budget.daily_usd, day_start, day_start + timedelta(days=1)),
+                ("monthly", budget.monthly_usd, month_start, _next_month(month_start)),
+            ):
+                if limit <= 0:
+                    continue
+                spent, reserved = _spent_since(execute, since, only_team)
+                if spent + reserved + bound_usd > limit:
+                    resets = "at 00:00 UTC" if period == "daily" else f"on {reset_at:%Y-%m-%d} at 00:00 UTC"
+                    return Refusal(
+                        attr.ERROR_BUDGET_EXHAUSTED,
+                        f"{whose}{period} budget of ${_money(limit)} reached: ${_money(spent)} spent + "
+                        f"${_money(reserved)} reserved by calls in flight, and this call may cost up to "
+                        f"${_money(bound_usd)}; resets {resets}",
+                        (reset_at - now).total_seconds(),
+                    )
         return None
 
     def headroom(self) -> Headroom:
@@ -318,10 +336,13 @@ def _calls_in_window(execute: Execute, now: datetime) -> list[tuple[float]]:
     )
 
 
-def _spent_since(execute: Execute, start: datetime) -> tuple[Decimal, Decimal]:
-    """(settled spend, reservations of calls still in flight) since ``start``."""
+def _spent_since(execute: Execute, start: datetime, team: str | None = None) -> tuple[Decimal, Decimal]:
+    """(settled spend, reservations of calls still in flight) since ``start``, of one team or of everyone."""
     spent = reserved = Decimal(0)
-    for cost, status in execute("SELECT cost_usd, status FROM escalation_calls WHERE at >= ?", (start.timestamp(),)):
+    sql, params = "SELECT cost_usd, status FROM escalation_calls WHERE at >= ?", [start.timestamp()]
+    if team is not None:
+        sql, params = sql + " AND team = ?", [*params, team]
+    for cost, status in execute(sql, params):
         if status == STATUS_RESERVED:
             reserved += Decimal(cost)
         else:

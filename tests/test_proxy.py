@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from costline import spans as attr
 from costline.cli import app
+from costline.config import load_config
 from costline.demo.fake_anthropic import ClaudeReply
 from costline.demo.fake_ollama import OllamaError, OllamaReply
 from proxy import build_app
@@ -241,3 +242,26 @@ def test_costline_proxy_refuses_to_serve_beyond_loopback_without_a_token(tmp_pat
     result = CliRunner().invoke(app, ["proxy", "-c", str(config)])
     assert result.exit_code == 2
     assert "refusing to serve on 0.0.0.0 without a token: set COSTLINE_PROXY_TOKEN" in " ".join(result.output.split())
+
+
+def test_a_team_over_its_budget_gets_429_and_other_teams_go_on(fake_ollama, fake_anthropic, tmp_path, tracer_provider):
+    fake_anthropic.set_default(SONNET, ClaudeReply(text="done", input_tokens=100, output_tokens=100))
+    path = tmp_path / "costline.toml"
+    path.write_text(
+        f'[router]\nusage_db = "{tmp_path / "usage.sqlite"}"\nollama_host = "{fake_ollama.url}"\n'
+        f'[escalation]\nbase_url = "{fake_anthropic.url}"\nmax_tokens = 400\n'
+        '[budgets.teams."search"]\ndaily_usd = 0.007\n'
+    )
+    hi = [{"role": "user", "content": "x"}]
+    with (
+        Router(load_config(path, env={}), tracer_provider=tracer_provider) as router,
+        ServedProxy(router, TOKEN) as proxy,
+    ):
+        search = openai_client(proxy, **{"X-Costline-Team": "search"})
+        search.chat.completions.create(model="claude", messages=hi)  # $0.0018; its bound of $0.0063 fitted
+        with pytest.raises(openai.RateLimitError) as refused:
+            search.chat.completions.create(model="claude", messages=hi)
+        assert openai_client(proxy, **{"X-Costline-Team": "ads"}).chat.completions.create(model="claude", messages=hi)
+    assert refused.value.code == "budget_exhausted"
+    assert "team search's daily budget of $0.0070 reached: $0.0018 spent" in refused.value.message
+    assert int(refused.value.response.headers["retry-after"]) <= 86400

@@ -28,13 +28,14 @@ from typer.testing import CliRunner
 
 from costline import spans as attr
 from costline.cli import app
-from costline.config import Config
+from costline.config import BUILTIN_VALIDATORS, Config, load_config
 from costline.demo.fake_anthropic import ClaudeHang, ClaudeReply
 from costline.demo.fake_ollama import OllamaError, OllamaReply
 from costline.pricing import TokenUsage
 from router import Router, Task
 from router.providers import CallProgress
 from router.usage_store import Limits, Reservation, Settlement, UsageStore
+from router.validators import BUILTIN
 
 PRIMARY, FALLBACK, LAST = "qwen2.5-coder:14b", "qwen3:30b-a3b", "llama3.1:70b"
 SONNET = "claude-sonnet-4-6"  # $3 input, $3.75 cache write, $15 output per million tokens
@@ -377,3 +378,42 @@ def test_costline_usage_counts_calls_in_flight_at_their_reservation(tmp_path):
     assert report["reserved_in_flight_usd"] == pytest.approx(0.0617)
     assert report["budgets"]["daily"]["spent_usd"] == pytest.approx(0.0045 + 0.0617)
     assert report["quota"]["used"] == 2
+
+
+def test_a_team_budget_holds_within_the_global_one(fake_anthropic, tmp_path, tracer_provider):
+    """[budgets.teams."search"]: that team's escalations stop at its own budget; other teams go on."""
+    fake_anthropic.set_default(SONNET, ClaudeReply(text="done", input_tokens=1500, output_tokens=300))
+    path = tmp_path / "costline.toml"
+    path.write_text(
+        f'[router]\nusage_db = "{tmp_path / "usage.sqlite"}"\n'
+        f'[escalation]\nbase_url = "{fake_anthropic.url}"\nmax_tokens = 400\n'
+        '[budgets]\ndaily_usd = 1.0\nmonthly_usd = 0\n[budgets.teams."search"]\ndaily_usd = 0.02\n'
+    )
+    with Router(load_config(path, env={}), tracer_provider=tracer_provider) as router:
+        search = [router.run(Task(PROMPT, prefer_escalation=True, team="search")) for _ in range(3)]
+        other = [router.run(Task(PROMPT, prefer_escalation=True, team="ads")) for _ in range(3)]
+    assert [r.outcome for r in search] == ["completed", "budget_exhausted", "budget_exhausted"]
+    assert search[1].error.startswith("team search's daily budget of $0.0200 reached: $0.0090 spent + $0.0000")
+    assert 0 < search[1].retry_after_s <= 86400
+    assert [r.outcome for r in other] == ["completed"] * 3
+
+
+def test_a_task_type_can_name_the_json_validator_in_config(fake_ollama, tmp_path, tracer_provider):
+    fake_ollama.script(PRIMARY, OllamaReply(content="```json\n{}\n```"))
+    fake_ollama.script(FALLBACK, OllamaReply(content='{"label": "bug"}'))
+    path = tmp_path / "costline.toml"
+    path.write_text(
+        f'[router]\nusage_db = "{tmp_path / "usage.sqlite"}"\nollama_host = "{fake_ollama.url}"\n'
+        '[validators]\nextract = "json"\n'
+    )
+    with Router(load_config(path, env={}), tracer_provider=tracer_provider) as router:
+        result = router.run(Task("label this", type="extract"))
+        other = router.run(Task("anything", type="general"))
+    assert result.ok and result.text == '{"label": "bug"}'
+    assert result.attempts[0].error_type == "invalid_output"
+    assert result.attempts[0].error_message.startswith("output rejected by the validator: not JSON: Expecting value")
+    assert other.ok and len(other.attempts) == 1  # other types are not validated
+
+
+def test_every_validator_the_config_accepts_exists():
+    assert set(BUILTIN) == set(BUILTIN_VALIDATORS)
