@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -76,6 +78,9 @@ class Router:
         self.waits = waits or Waits()
         self._ollama = self._new_ollama()
         self._claude = self._new_claude()
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[OllamaProvider, AnthropicProvider]]
+        self._by_loop = weakref.WeakKeyDictionary()
+        self._loop_lock = threading.Lock()
 
     def _new_ollama(self) -> OllamaProvider:
         return OllamaProvider(self.config.router.ollama_host, self.config.router.timeout_s)
@@ -107,29 +112,42 @@ class Router:
     # -- async --------------------------------------------------------------------------------------------------
 
     async def arun(self, task: Task) -> TaskResult:
-        # Async clients are bound to one event loop: give each task its own, closed when it ends.
-        local, claude = self._new_ollama(), self._new_claude()
+        local, claude = self._loop_providers()
         state = _TaskRun(self, task)
-        try:
-            with state:
-                while (step := state.next_step()) is not None:
-                    if isinstance(step, _Wait):
-                        await self.waits.asleep(step.seconds)
-                        continue
-                    with state.attempt(step) as attempt:
-                        try:
-                            if isinstance(step, _Local):
-                                reply = await local.achat(step.model, state.local_messages(), attempt.progress)
-                                attempt.answered(reply)
-                            elif await asyncio.to_thread(self._admit, state, step, attempt, claude):
-                                system, messages = state.claude_system(), state.claude_messages()
-                                attempt.answered(await claude.achat(step.model, system, messages, attempt.progress))
-                        except ProviderFailure as failure:
-                            attempt.failed(failure)
-        finally:
-            await local.aclose()
-            await claude.aclose()
+        with state:
+            while (step := state.next_step()) is not None:
+                if isinstance(step, _Wait):
+                    await self.waits.asleep(step.seconds)
+                    continue
+                with state.attempt(step) as attempt:
+                    try:
+                        if isinstance(step, _Local):
+                            reply = await local.achat(step.model, state.local_messages(), attempt.progress)
+                            attempt.answered(reply)
+                        elif await asyncio.to_thread(self._admit, state, step, attempt, claude):
+                            system, messages = state.claude_system(), state.claude_messages()
+                            attempt.answered(await claude.achat(step.model, system, messages, attempt.progress))
+                    except ProviderFailure as failure:
+                        attempt.failed(failure)
         return state.result
+
+    def _loop_providers(self) -> tuple[OllamaProvider, AnthropicProvider]:
+        """The async clients of the running event loop, made on its first task and kept for the next ones: async
+        clients are bound to one loop, and making a client (its TLS context, its connection pool) per task costs
+        more than the task's own work."""
+        loop = asyncio.get_running_loop()
+        with self._loop_lock:
+            providers = self._by_loop.get(loop)
+            if providers is None:
+                providers = self._by_loop[loop] = (self._new_ollama(), self._new_claude())
+            return providers
+
+    async def aclose(self) -> None:
+        """Close the async clients of the running event loop (``close`` releases the rest)."""
+        with self._loop_lock:
+            providers = self._by_loop.pop(asyncio.get_running_loop(), None)
+        for provider in providers or ():
+            await provider.aclose()
 
     def _admit(self, state: _TaskRun, step: _Escalate, attempt: Attempt, claude: AnthropicProvider) -> bool:
         """Reserve a quota slot and the call's upper-bound cost together; False when the escalation may not run.
@@ -163,6 +181,8 @@ class Router:
         """Close the HTTP clients and flush the spans (and shut the exporter down if the router made it)."""
         self._ollama.close()
         self._claude.close()
+        with self._loop_lock:
+            self._by_loop.clear()  # async clients of loops that have ended: their connections go with them
         if isinstance(self._tracer_provider, TracerProvider):
             if self._owns_provider:
                 self._tracer_provider.shutdown()
