@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -12,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from costline import clock
 from costline.cli.app import ConfigOption, app, console, load_or_exit
 
 
@@ -32,7 +32,7 @@ def usage(
     limits = Limits.from_config(cfg)
     path = cfg.usage_db_path
     if path.exists():
-        store = UsageStore(path, limits)
+        store = UsageStore(path, limits, clock=clock.now)
         rows, headroom = store.usage_today(), store.headroom()
     else:  # nothing escalated yet on this machine; do not create the file just to read it
         rows = []
@@ -86,7 +86,7 @@ def _report(rows: list, headroom: Any, path: str) -> dict[str, Any]:
             "headroom_ratio": _ratio(float(spent), float(limit)) if limit > 0 else None,
         }
     return {
-        "date": datetime.now(UTC).date().isoformat(),
+        "date": clock.now().date().isoformat(),
         "usage_db": path,
         "escalations": escalations,
         "total": total,
