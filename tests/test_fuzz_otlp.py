@@ -71,19 +71,19 @@ def _decode_and_map(decode: Any, body: bytes) -> None:
 def fuzz_decode(examples: int) -> None:
     """Protobuf and JSON bodies (valid, absurd, damaged, random) straight through decode and mapping."""
 
-    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(body=protobuf_payload)
     def protobuf(body: bytes) -> None:
         FUZZED["protobuf decode+map"] += 1
         _decode_and_map(decode_protobuf, body)
 
-    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(body=json_payload)
     def as_json(body: bytes) -> None:
         FUZZED["json decode+map"] += 1
         _decode_and_map(decode_json, body)
 
-    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(spans=spans_list)
     def both_agree(spans: list[dict[str, Any]]) -> None:
         """A well-formed request maps the same whichever encoding carried it."""
@@ -115,7 +115,7 @@ def fuzz_http(collector: Collector, examples: int) -> Counter[int]:
     url = f"{collector.otlp_url}/v1/traces"
     statuses: Counter[int] = Counter()
 
-    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(payload=http_payload, encoding=st.sampled_from(["identity", "gzip", "truncated-gzip"]))
     def request(payload: tuple[str, bytes], encoding: str) -> None:
         FUZZED["http requests"] += 1
