@@ -10,11 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from faults.ledger import stored_span_ids, violations
 from faults.metrics import scrape, value
 from faults.otlp import Batch, make_batch, post
 from faults.reader import ledger_query
 from faults.serve import ServedCollector
+
+pytestmark = pytest.mark.slow  # a costline serve driven past capacity; CI runs it (make test-slow)
 
 MAX_QUEUED_SPANS = 64
 ATTEMPTS_PER_BATCH = 15  # 16 spans per request
