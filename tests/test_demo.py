@@ -144,6 +144,12 @@ def test_prepare_directory_recreates_its_own_directory(tmp_path):
     assert sorted(p.name for p in again.iterdir()) == [MARKER]
 
 
+def _ctrl_c_interrupts() -> None:
+    """In the child: SIGINT interrupts, as Ctrl-C in a terminal does, even when the test runner was started in the
+    background (a shell starts background jobs with SIGINT ignored, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_keep_serving_stays_up_until_ctrl_c_and_then_leaves_nothing_running(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COSTLINE_", "ANTHROPIC_", "OTEL_"))}
@@ -153,6 +159,7 @@ def test_keep_serving_stays_up_until_ctrl_c_and_then_leaves_nothing_running(tmp_
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        preexec_fn=_ctrl_c_interrupts,
     )
     lines: list[str] = []
     serving = threading.Event()
@@ -277,6 +284,7 @@ def test_ctrl_c_while_routing_stops_every_server(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        preexec_fn=_ctrl_c_interrupts,
     )
     assert proc.stdout is not None
     banner = ""
