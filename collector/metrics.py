@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from collector.ledger import WriteResult
+from costline import clock
 from costline.config import Config
 from costline.spans import ERROR_TYPES, REFUSAL_ERROR_TYPES
 
@@ -128,7 +129,7 @@ class LedgerMetrics(Collector):
         self._reader = reader
         self._lock = threading.Lock()
         self._state = _State()
-        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self.clock: Callable[[], datetime] = clock.now
 
     # --- counters ---------------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from collector.views import ATTEMPT_MEASURES, ESCALATION_MADE, SAVINGS_MEASURES, with_views
+from costline import clock
 from costline.spans import ERROR_TRUNCATED, REFUSAL_ERROR_TYPES, TIER_ESCALATION
 
 # --by names → columns of attempt_costs. Only these names ever reach the SQL text.
@@ -66,7 +67,7 @@ def parse_window(
     since: str | None, start: str | None, end: str | None, *, now: datetime | None = None, default: str = "7d"
 ) -> Window:
     """``--since 24h|7d|30d`` (any N h or N d) or ``--from DATE [--to DATE]``; ``--to`` DATE is inclusive."""
-    now = (now or datetime.now(UTC)).astimezone(UTC)
+    now = (now or clock.now()).astimezone(UTC)
     if since is not None and (start is not None or end is not None):
         raise ReportInputError("use either --since or --from/--to, not both")
     if start is None and end is not None:

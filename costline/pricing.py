@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from costline import clock
 from costline.config import Config, ConfigError, ModelPrice
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def _override_cost(p: ModelPrice, u: TokenUsage) -> Decimal:
 
 def _hour(at: datetime | None) -> datetime:
     # Prices change on dates, not within an hour: rounding the time lets the cache below hit.
-    moment = at or datetime.now(UTC)
+    moment = at or clock.now()
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.replace(minute=0, second=0, microsecond=0)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from costline import clock as wall_clock
 from costline import spans as attr
 from costline.config import Config
 from costline.pricing import TokenUsage
@@ -32,10 +33,6 @@ STATUS_REFUSED = "refused"  # never called: quota or budget said no; takes no sl
 NOT_COUNTED = (STATUS_REFUSED, STATUS_UNBILLED)  # statuses that hold no quota slot
 
 Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -134,7 +131,7 @@ class UsageStore:
     """The quota and budgets over one usage database: a SQLite path, or a ``postgresql://`` URL."""
 
     def __init__(
-        self, location: Path | str, limits: Limits, *, clock: Clock = utc_now, busy_timeout_s: float = 30.0
+        self, location: Path | str, limits: Limits, *, clock: Clock = wall_clock.now, busy_timeout_s: float = 30.0
     ) -> None:
         self.db = open_database(location, busy_timeout_s=busy_timeout_s)
         self.location = self.db.location
@@ -322,7 +319,7 @@ class UsageStore:
         ]
 
 
-def open_usage_store(config: Config, *, clock: Clock = utc_now) -> UsageStore:
+def open_usage_store(config: Config, *, clock: Clock = wall_clock.now) -> UsageStore:
     """The store ``router.usage_db`` names: a SQLite file (the default) or a ``postgresql://`` URL."""
     return UsageStore(config.usage_db_location, Limits.from_config(config), clock=clock)
 

@@ -54,6 +54,7 @@ def test_patched_batches_are_router_shaped_spans_the_collector_stores_whole() ->
     assert (service.key, service.value.string_value) == ("service.name", "costline-router")
 
 
+@pytest.mark.slow
 def test_ingest_bench_stores_every_acknowledged_span(tmp_path: Path) -> None:
     result = _run(
         "ingest.py",

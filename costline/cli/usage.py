@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -12,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from costline import clock
 from costline.cli.app import ConfigOption, app, console, load_or_exit
 
 
@@ -31,7 +31,7 @@ def usage(
     cfg = load_or_exit(config)
     limits = Limits.from_config(cfg)
     if cfg.usage_db_shared or cfg.usage_db_path.exists():
-        store = open_usage_store(cfg)
+        store = open_usage_store(cfg, clock=clock.now)
         rows, headroom = store.usage_today(), store.headroom()
     else:  # nothing escalated yet on this machine; do not create the file just to read it
         rows = []
@@ -86,7 +86,7 @@ def _report(rows: list, headroom: Any, path: str) -> dict[str, Any]:
         }
     in_flight = float(h.reserved_usd)
     return {
-        "date": datetime.now(UTC).date().isoformat(),
+        "date": clock.now().date().isoformat(),
         "usage_db": path,
         "escalations": escalations,
         "total": total,
