@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint dashboards bench soak clean
+.PHONY: demo test test-slow lint dashboards bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/costline demo
 
+# One pytest worker per core (pytest-xdist); work stealing evens out the long tests. The end-to-end runs marked
+# `slow` (whole costline processes: demo, kill -9, overload, a real Prometheus) are `make test-slow`; CI runs both.
+PYTEST := $(BIN)/pytest -q -n auto --dist worksteal
+
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(PYTEST) -m "not slow"
+
+test-slow: $(STAMP)
+	$(PYTEST) -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -22,6 +22,7 @@ from typing import Any
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(TESTS))
 
+import hypothesis_profiles  # noqa: E402
 from faults.proxy import DROP_AFTER, DROP_BEFORE, REFUSE_503, REPLACE_503  # noqa: E402
 from test_faults_exporter import run_exporter_through_faults  # noqa: E402
 from test_faults_kill import run_kill9  # noqa: E402
@@ -129,6 +130,7 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every count (0.1 for a quick look)")
     parser.add_argument("--atheris-seconds", type=int, default=60)
     args = parser.parse_args()
+    print(f"· hypothesis profile: {hypothesis_profiles.load(default='soak')}", flush=True)
 
     def n(count: int) -> int:
         return max(1, int(count * args.scale))

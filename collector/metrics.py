@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -25,14 +25,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from collector.ledger import WriteResult
+from costline import clock
 from costline.config import Config
-from costline.spans import ERROR_TYPES
+from costline.spans import ERROR_TYPES, REFUSAL_ERROR_TYPES
 
 prometheus_client.disable_created_metrics()
 
 # OpenTelemetry GenAI semantic conventions: explicit bucket boundaries of gen_ai.client.operation.duration.
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
-REFUSED_ERROR_TYPES = ("quota_exhausted", "budget_exhausted")  # escalations the router never made
 QUOTA_ESCALATIONS = "escalations_per_hour"
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write")
 
@@ -41,7 +41,7 @@ _ERROR_TYPE_LABEL = (
     "CASE WHEN outcome = 'success' THEN '' "
     f"WHEN error_type IN ({', '.join(repr(t) for t in ERROR_TYPES)}) THEN error_type ELSE 'other' END"
 )
-_NOT_REFUSED = f"coalesce(error_type, '') NOT IN ({', '.join(repr(t) for t in REFUSED_ERROR_TYPES)})"
+_NOT_REFUSED = f"coalesce(error_type, '') NOT IN ({', '.join(repr(t) for t in REFUSAL_ERROR_TYPES)})"
 
 _BUCKET = (
     "CASE "
@@ -129,7 +129,7 @@ class LedgerMetrics(Collector):
         self._reader = reader
         self._lock = threading.Lock()
         self._state = _State()
-        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self.clock: Callable[[], datetime] = clock.now
 
     # --- counters ---------------------------------------------------------------------------------------------
 
@@ -277,7 +277,7 @@ class LedgerMetrics(Collector):
 # The commit's deltas are the SQL aggregates above computed in pyarrow, on the writer thread without a DuckDB
 # query (about 5x cheaper); rows come out in the same shape and with the same values, so seed and apply agree.
 _ERROR_TYPES = pa.array(sorted(ERROR_TYPES), pa.string())
-_REFUSED = pa.array(REFUSED_ERROR_TYPES, pa.string())
+_REFUSED = pa.array(REFUSAL_ERROR_TYPES, pa.string())
 _ATTEMPT_SUMS = ("cost_usd", "unpriced", "counterfactual_usd", "input_tokens", "output_tokens")
 _ATTEMPT_SUMS += ("cache_read_tokens", "cache_write_tokens", "escalation", "duration_us")
 _ATTEMPT_KEYS = ("provider", "model", "tier", "outcome", "error_label", "reason", "bucket")

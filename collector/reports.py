@@ -15,7 +15,9 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from collector.views import ATTEMPT_MEASURES, ESCALATION_MADE, REFUSED_ERROR_TYPES, SAVINGS_MEASURES, with_views
+from collector.views import ATTEMPT_MEASURES, ESCALATION_MADE, SAVINGS_MEASURES, with_views
+from costline import clock
+from costline.spans import ERROR_TRUNCATED, REFUSAL_ERROR_TYPES, TIER_ESCALATION
 
 # --by names → columns of attempt_costs. Only these names ever reach the SQL text.
 GROUP_COLUMNS: dict[str, str] = {
@@ -65,7 +67,7 @@ def parse_window(
     since: str | None, start: str | None, end: str | None, *, now: datetime | None = None, default: str = "7d"
 ) -> Window:
     """``--since 24h|7d|30d`` (any N h or N d) or ``--from DATE [--to DATE]``; ``--to`` DATE is inclusive."""
-    now = (now or datetime.now(UTC)).astimezone(UTC)
+    now = (now or clock.now()).astimezone(UTC)
     if since is not None and (start is not None or end is not None):
         raise ReportInputError("use either --since or --from/--to, not both")
     if start is None and end is not None:
@@ -266,8 +268,8 @@ def _task_counts_distinct(
     return total, {tuple(row[g] for g in groups): row["tasks"] for row in rows}
 
 
-_ESCALATED = "tier = 'escalation'"
-_REFUSED = f"coalesce(error_type, '') IN ({', '.join(repr(t) for t in REFUSED_ERROR_TYPES)})"
+_ESCALATED = f"tier = '{TIER_ESCALATION}'"
+_REFUSED = f"coalesce(error_type, '') IN ({', '.join(repr(t) for t in REFUSAL_ERROR_TYPES)})"
 # Per task first, then per task type: one pass instead of several DISTINCT aggregates over every attempt.
 _ESCALATION_BY_TASK_TYPE = f"""
 SELECT task_type,
@@ -322,6 +324,7 @@ def escalation_report(reader: Reader, window: Window) -> Report:
        count(DISTINCT task_id) FILTER (WHERE NOT {_REFUSED}) AS tasks,
        count(*) FILTER (WHERE outcome = 'success') AS successes,
        count(*) FILTER (WHERE outcome = 'error' AND NOT {_REFUSED}) AS errors,
+       count(*) FILTER (WHERE error_type = '{ERROR_TRUNCATED}') AS truncated,
        count(*) FILTER (WHERE {_REFUSED}) AS refused,
        coalesce(sum(cost_usd), 0) AS cost_usd
 FROM escalations WHERE {_WINDOW_FILTER}
@@ -361,7 +364,7 @@ ORDER BY model_failures DESC, provider, model, failures DESC, error_type""",
         _col("escalation_rate", "ratio", "rate"),
         _col("escalations", "count"),
         _col("escalation_successes", "count", "succeeded"),
-        _col("escalations_refused", "count", "refused (quota/budget)"),
+        _col("escalations_refused", "count", "refused (quota/budget/key)"),
         _col("escalation_cost_usd", "usd", "escalation cost"),
     ]
     rate_table = ReportTable("by_task_type", "Escalation rate by task type", rate_columns, by_type, type_total)
@@ -374,7 +377,8 @@ ORDER BY model_failures DESC, provider, model, failures DESC, error_type""",
         _col("tasks", "count"),
         _col("successes", "count"),
         _col("errors", "count"),
-        _col("refused", "count", "refused (quota/budget)"),
+        _col("truncated", "count", "cut off at max_tokens"),
+        _col("refused", "count", "refused (quota/budget/key)"),
         _col("cost_usd", "usd", "cost"),
     ]
     failure_columns = [

@@ -16,6 +16,7 @@ from __future__ import annotations
 import duckdb
 
 from costline.pricing import LOCAL_PROVIDERS
+from costline.spans import REFUSAL_ERROR_TYPES, TIER_ESCALATION
 
 _LOCAL_PROVIDERS_SQL = ", ".join(f"'{provider}'" for provider in sorted(LOCAL_PROVIDERS))
 
@@ -80,7 +81,7 @@ FROM attempt_costs
 GROUP BY provider, model
 """
 
-ESCALATIONS = """
+ESCALATIONS = f"""
 SELECT trace_id,
        span_id,
        task_id,
@@ -93,16 +94,14 @@ SELECT trace_id,
        day,
        cost_usd
 FROM attempt_costs
-WHERE tier = 'escalation'
+WHERE tier = '{TIER_ESCALATION}'
 """
 
-# A task escalated when one of its escalation-tier attempts was made: an escalation refused by the quota or a budget
-# never reached the cloud, so it does not count (as in the router's costline.task.escalated and the metrics).
-REFUSED_ERROR_TYPES = ("quota_exhausted", "budget_exhausted")
-ESCALATION_MADE = (
-    f"tier = 'escalation' AND coalesce(error_type, '') NOT IN ({', '.join(repr(t) for t in REFUSED_ERROR_TYPES)})"
-)
-ESCALATION_REFUSED = f"tier = 'escalation' AND error_type IN ({', '.join(repr(t) for t in REFUSED_ERROR_TYPES)})"
+# A task escalated when one of its escalation-tier attempts was made: an escalation refused (quota, budget, no API
+# key) never reached the cloud, so it does not count (as in the router's costline.task.escalated and the metrics).
+_REFUSALS_SQL = ", ".join(repr(t) for t in REFUSAL_ERROR_TYPES)
+ESCALATION_MADE = f"tier = '{TIER_ESCALATION}' AND coalesce(error_type, '') NOT IN ({_REFUSALS_SQL})"
+ESCALATION_REFUSED = f"tier = '{TIER_ESCALATION}' AND error_type IN ({_REFUSALS_SQL})"
 
 ESCALATION_RATE = f"""
 SELECT day,

@@ -12,8 +12,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 CONFIG_ENV = "COSTLINE_CONFIG"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 SECRET_KEY_NAMES = ("api_key", "anthropic_api_key", "x_api_key", "auth_token", "ingest_token", "token")
 
 
@@ -37,7 +39,7 @@ class RouterConfig:
     ollama_host: str = "http://127.0.0.1:11434"
     models: tuple[str, ...] = ("qwen2.5-coder:14b", "qwen3:30b-a3b", "llama3.1:70b")
     timeout_s: float = 120.0
-    usage_db: str = ""  # empty: $XDG_STATE_HOME/costline/usage.sqlite
+    usage_db: str = ""  # a path, or postgresql://USER@HOST:PORT/DB; empty: $XDG_STATE_HOME/costline/usage.sqlite
     max_retry_wait_s: float = 30.0  # longest retry-after the router will honour
     max_retries: int = 2  # extra attempts on a retryable escalation error (429, 529, 5xx, timeout)
 
@@ -51,6 +53,7 @@ class EscalationConfig:
     max_calls_per_hour: int = 50
     base_url: str = ""  # empty: ANTHROPIC_BASE_URL or the SDK default
     max_tokens: int = 4096
+    timeout_s: float = 600.0  # a streamed answer may take minutes; each read and the whole answer are bounded by it
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class TelemetryConfig:
     otlp_endpoint: str = "http://127.0.0.1:4318"
     capture_content: bool = False
     service_name: str = "costline-router"
+    spool_dir: str = ""  # empty: "spool" beside the usage store
+    spool_max_mb: int = 256  # spans waiting for the collector; beyond this new batches are dropped, counted and logged
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,13 @@ class CollectorConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    host: str = "127.0.0.1"
+    port: int = 11435
+    allow_unauthenticated: bool = False  # serve beyond loopback without COSTLINE_PROXY_TOKEN
+
+
+@dataclass(frozen=True)
 class Config:
     router: RouterConfig = field(default_factory=RouterConfig)
     escalation: EscalationConfig = field(default_factory=EscalationConfig)
@@ -103,6 +115,9 @@ class Config:
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    team_budgets: Mapping[str, BudgetConfig] = field(default_factory=dict)  # [budgets.teams."NAME"]
+    validators: Mapping[str, str] = field(default_factory=dict)  # [validators] task_type = "json"
     source: str = "defaults"
 
     @property
@@ -116,14 +131,41 @@ class Config:
         return os.environ.get("COSTLINE_INGEST_TOKEN") or None
 
     @property
+    def proxy_token(self) -> str | None:
+        """Bearer token the proxy requires (env ``COSTLINE_PROXY_TOKEN`` only)."""
+        return os.environ.get("COSTLINE_PROXY_TOKEN") or None
+
+    @property
+    def usage_db_shared(self) -> bool:
+        """True when ``router.usage_db`` is a PostgreSQL URL, shared by the routers of every machine."""
+        return self.router.usage_db.startswith(POSTGRES_SCHEMES)
+
+    @property
+    def usage_db_location(self) -> Path | str:
+        """The usage store: a PostgreSQL URL as given, or the SQLite file's path."""
+        return self.router.usage_db if self.usage_db_shared else self.usage_db_path
+
+    @property
     def usage_db_path(self) -> Path:
-        if self.router.usage_db:
+        """The local SQLite usage store (the default one, when ``router.usage_db`` is a PostgreSQL URL)."""
+        if self.router.usage_db and not self.usage_db_shared:
             return Path(self.router.usage_db).expanduser()
-        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-        return Path(state) / "costline" / "usage.sqlite"
+        return _state_dir() / "usage.sqlite"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where spans wait until the collector acknowledges them: this machine's own, even with a shared store."""
+        if self.telemetry.spool_dir:
+            return Path(self.telemetry.spool_dir).expanduser()
+        return self.usage_db_path.parent / "spool"
 
     def is_critical(self, task_type: str) -> bool:
         return task_type in self.escalation.critical_task_types
+
+
+def _state_dir() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "costline"
 
 
 _SECTIONS: dict[str, type] = {
@@ -133,6 +175,7 @@ _SECTIONS: dict[str, type] = {
     "local_compute": LocalComputeConfig,
     "telemetry": TelemetryConfig,
     "collector": CollectorConfig,
+    "proxy": ProxyConfig,
 }
 
 # Conventional variables that users already set for these tools.
@@ -167,10 +210,15 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
 
 def _build(raw: dict[str, Any], env: Mapping[str, str], source: str) -> Config:
     for key in raw:
-        if key not in _SECTIONS and key != "prices":
+        if key not in _SECTIONS and key not in _TABLES:
             raise ConfigError(
-                key, raw[key], f"unknown section; known sections: {', '.join([*_SECTIONS, 'prices'])}", source
+                key, raw[key], f"unknown section; known sections: {', '.join([*_SECTIONS, *_TABLES])}", source
             )
+    budgets = raw.get("budgets")
+    teams = {}
+    if isinstance(budgets, dict) and "teams" in budgets:
+        raw = {**raw, "budgets": {k: v for k, v in budgets.items() if k != "teams"}}
+        teams = budgets["teams"]
     sections: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         table = raw.get(name, {})
@@ -178,7 +226,13 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str) -> Config:
             raise ConfigError(name, table, f"must be a table: [{name}]", source)
         sections[name] = _section(name, cls, table, env, source)
     prices = _prices(raw.get("prices", {}), source)
-    config = Config(**sections, prices=prices, source=source)
+    config = Config(
+        **sections,
+        prices=prices,
+        team_budgets=_team_budgets(teams, source),
+        validators=_validators(raw.get("validators", {}), source),
+        source=source,
+    )
     _validate(config)
     return config
 
@@ -251,6 +305,36 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     return value
 
 
+_TABLES = ("prices", "validators")
+BUILTIN_VALIDATORS = ("json",)  # [validators] task_type = "json": the answer must parse as JSON
+
+
+def _team_budgets(table: Any, source: str) -> dict[str, BudgetConfig]:
+    if not isinstance(table, dict):
+        raise ConfigError("budgets.teams", table, 'must be tables: [budgets.teams."team-name"]', source)
+    teams = {}
+    for team, entry in table.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(
+                f'budgets.teams."{team}"', entry, "must be a table with daily_usd and/or monthly_usd", source
+            )
+        # A team's budget is what its table says: absent means no budget, not the global default.
+        values = {"daily_usd": 0.0, "monthly_usd": 0.0, **entry}
+        teams[team] = _section(f'budgets.teams."{team}"', BudgetConfig, values, {}, source)
+    return teams
+
+
+def _validators(table: Any, source: str) -> dict[str, str]:
+    if not isinstance(table, dict):
+        raise ConfigError("validators", table, 'must be a table: task_type = "json"', source)
+    for task_type, name in table.items():
+        if name not in BUILTIN_VALIDATORS:
+            raise ConfigError(
+                f"validators.{task_type}", name, f"unknown validator; built in: {', '.join(BUILTIN_VALIDATORS)}", source
+            )
+    return dict(table)
+
+
 _PRICE_KEYS = tuple(f.name for f in fields(ModelPrice))
 
 
@@ -290,6 +374,16 @@ def _validate(c: Config) -> None:
     _check(r.timeout_s > 0, "router.timeout_s", r.timeout_s, "must be > 0 seconds, e.g. 120", s)
     _check(r.max_retry_wait_s >= 0, "router.max_retry_wait_s", r.max_retry_wait_s, "must be >= 0 seconds", s)
     _check(r.max_retries >= 0, "router.max_retries", r.max_retries, "must be >= 0", s)
+    if c.usage_db_shared:
+        url = urlsplit(r.usage_db)
+        _check(
+            url.password is None,
+            "router.usage_db",
+            r.usage_db.replace(f":{url.password}@", ":<redacted>@"),
+            "never put the password in the config: give it in PGPASSWORD or a ~/.pgpass file",
+            s,
+        )
+        _check(bool(url.hostname or url.path.strip("/")), "router.usage_db", r.usage_db, "name a host and database", s)
     _check(e.threshold >= 1, "escalation.threshold", e.threshold, "must be >= 1 (local failures before escalating)", s)
     _check(bool(e.model), "escalation.model", e.model, 'name a Claude model, e.g. "claude-sonnet-4-6"', s)
     _check(
@@ -300,9 +394,14 @@ def _validate(c: Config) -> None:
         s,
     )
     _check(e.max_tokens >= 1, "escalation.max_tokens", e.max_tokens, "must be >= 1", s)
+    _check(e.timeout_s > 0, "escalation.timeout_s", e.timeout_s, "must be > 0 seconds, e.g. 600", s)
     _check(not e.base_url or _is_url(e.base_url), "escalation.base_url", e.base_url, 'use a URL like "https://…"', s)
     _check(b.daily_usd >= 0, "budgets.daily_usd", b.daily_usd, "must be >= 0 (0 means no daily budget)", s)
     _check(b.monthly_usd >= 0, "budgets.monthly_usd", b.monthly_usd, "must be >= 0 (0 means no monthly budget)", s)
+    for team, tb in c.team_budgets.items():
+        for period in ("daily_usd", "monthly_usd"):
+            value = getattr(tb, period)
+            _check(value >= 0, f'budgets.teams."{team}".{period}', value, "must be >= 0 (0 means no budget)", s)
     _check(
         c.local_compute.usd_per_hour >= 0,
         "local_compute.usd_per_hour",
@@ -317,6 +416,14 @@ def _validate(c: Config) -> None:
         'use a URL like "http://127.0.0.1:4318"',
         s,
     )
+    _check(
+        c.telemetry.spool_max_mb >= 1,
+        "telemetry.spool_max_mb",
+        c.telemetry.spool_max_mb,
+        "must be >= 1 (MB of spans that may wait on disk for the collector)",
+        s,
+    )
+    _check(0 <= c.proxy.port <= 65535, "proxy.port", c.proxy.port, "must be a TCP port, 0-65535 (0: a free one)", s)
     for key in ("otlp_port", "metrics_port"):
         port = getattr(col, key)
         _check(0 <= port <= 65535, f"collector.{key}", port, "must be a TCP port, 0-65535 (0 picks a free one)", s)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from costline import clock
 from costline.config import Config, ConfigError, ModelPrice
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,19 @@ class Pricer:
             return self._local(compute_seconds)
         return _catalogue_price(provider, model, usage, _hour(at))
 
+    def upper_bound(self, provider: str, model: str, bound: TokenUsage) -> Decimal:
+        """The most a call within ``bound`` can cost: its input priced at the dearer of the plain and the cache-write
+        rate (a call may write its whole prompt to the cache), its output in full. Unpriceable: an error, since an
+        escalation model is checked for a price when the router starts."""
+        as_input = self.price(provider, model, TokenUsage(bound.input_tokens, bound.output_tokens))
+        as_cache_write = self.price(
+            provider, model, TokenUsage(bound.input_tokens, bound.output_tokens, cache_write_tokens=bound.input_tokens)
+        )
+        costs = [p.usd for p in (as_input, as_cache_write) if p.usd is not None]
+        if not costs:
+            raise ValueError(f"no price is known for {provider} model {model!r}")
+        return max(costs)
+
     def counterfactual(self, usage: TokenUsage, *, at: datetime | None = None) -> Price:
         """What the same tokens would have cost on the configured escalation model."""
         return self.price("anthropic", self._escalation_model, usage, at=at)
@@ -128,7 +142,7 @@ def _override_cost(p: ModelPrice, u: TokenUsage) -> Decimal:
 
 def _hour(at: datetime | None) -> datetime:
     # Prices change on dates, not within an hour: rounding the time lets the cache below hit.
-    moment = at or datetime.now(UTC)
+    moment = at or clock.now()
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.replace(minute=0, second=0, microsecond=0)

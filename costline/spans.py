@@ -48,14 +48,54 @@ ATTEMPT_INDEX: Final = "costline.attempt.index"
 ATTEMPT_TIER: Final = "costline.attempt.tier"
 ESCALATION_REASON: Final = "costline.escalation.reason"
 LOCAL_COMPUTE_SECONDS: Final = "costline.local.compute_seconds"
+TEAM: Final = "costline.team"  # attribution, when the caller gives it (task and attempt spans)
+PROJECT: Final = "costline.project"
+USER_ID: Final = "user.id"  # OpenTelemetry's general attribute for the end user
 
 OPERATION_CHAT: Final = "chat"
 PROVIDER_OLLAMA: Final = "ollama"
 PROVIDER_ANTHROPIC: Final = "anthropic"
 
-TIERS: Final = ("primary", "fallback", "escalation")
-ESCALATION_REASONS: Final = ("threshold", "critical", "requested")
-TASK_OUTCOMES: Final = ("completed", "failed", "quota_exhausted")
+TIER_PRIMARY: Final = "primary"
+TIER_FALLBACK: Final = "fallback"
+TIER_ESCALATION: Final = "escalation"
+TIERS: Final = (TIER_PRIMARY, TIER_FALLBACK, TIER_ESCALATION)
+
+REASON_THRESHOLD: Final = "threshold"  # local failures reached escalation.threshold
+REASON_CRITICAL: Final = "critical"  # a critical task type: one local failure escalates
+REASON_REQUESTED: Final = "requested"  # the caller asked for Claude
+REASON_EXHAUSTED: Final = "exhausted"  # the local chain ran out before reaching the threshold
+ESCALATION_REASONS: Final = (REASON_THRESHOLD, REASON_CRITICAL, REASON_REQUESTED, REASON_EXHAUSTED)
+
+OUTCOME_COMPLETED: Final = "completed"
+OUTCOME_TRUNCATED: Final = "truncated"  # Claude's answer was cut off by escalation.max_tokens
+OUTCOME_FAILED: Final = "failed"
+OUTCOME_CANCELLED: Final = "cancelled"  # the caller cancelled the task (asyncio cancellation, Ctrl-C, exit)
+OUTCOME_QUOTA_EXHAUSTED: Final = "quota_exhausted"
+OUTCOME_BUDGET_EXHAUSTED: Final = "budget_exhausted"
+TASK_OUTCOMES: Final = (
+    OUTCOME_COMPLETED,
+    OUTCOME_TRUNCATED,
+    OUTCOME_FAILED,
+    OUTCOME_CANCELLED,
+    OUTCOME_QUOTA_EXHAUSTED,
+    OUTCOME_BUDGET_EXHAUSTED,
+)
+
+ERROR_QUOTA_EXHAUSTED: Final = "quota_exhausted"
+ERROR_BUDGET_EXHAUSTED: Final = "budget_exhausted"
+ERROR_MISSING_CREDENTIALS: Final = "missing_credentials"
+ERROR_USAGE_STORE_UNAVAILABLE: Final = "usage_store_unavailable"  # the quota and budgets could not be checked
+ERROR_TRUNCATED: Final = "truncated"
+ERROR_CANCELLED: Final = "cancelled"
+ERROR_VALIDATOR: Final = "validator_error"  # the task's validator raised instead of answering
+# Escalations the router refused before calling Claude: they cost nothing and are not escalations.
+REFUSAL_ERROR_TYPES: Final = (
+    ERROR_QUOTA_EXHAUSTED,
+    ERROR_BUDGET_EXHAUSTED,
+    ERROR_MISSING_CREDENTIALS,
+    ERROR_USAGE_STORE_UNAVAILABLE,
+)
 
 # error.type values the router emits. Other emitters' values are kept in the ledger as they come;
 # metrics fold anything outside this set into "other" so label cardinality stays bounded.
@@ -72,8 +112,10 @@ ERROR_TYPES: Final = (
     "invalid_output",
     "empty_output",
     "stream_error",
-    "quota_exhausted",
-    "budget_exhausted",
+    ERROR_TRUNCATED,
+    ERROR_CANCELLED,
+    ERROR_VALIDATOR,
+    *REFUSAL_ERROR_TYPES,
 )
 
 

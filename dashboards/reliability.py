@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 
+from costline.spans import ESCALATION_REASONS, REFUSAL_ERROR_TYPES, TASK_OUTCOMES, TIER_ESCALATION
 from dashboards import metrics as m
 from dashboards.layout import new_dashboard
 from dashboards.panels import (
@@ -23,7 +24,7 @@ UID = "costline-reliability"
 TITLE = "Escalations and reliability"
 
 LOCAL_FAILURES = f"{m.ATTEMPTS}{{{m.LOCAL_PROVIDER}, {m.ERROR}, {BY_MODEL}}}"
-ESCALATION_FAILURES = f'{m.ATTEMPTS}{{tier="escalation", {m.ERROR}, {BY_MODEL}}}'
+ESCALATION_FAILURES = f'{m.ATTEMPTS}{{tier="{TIER_ESCALATION}", {m.ERROR}, {BY_MODEL}}}'
 
 
 def build(t: Thresholds, stack: Stack) -> dashboard_builders.Dashboard:
@@ -62,7 +63,7 @@ def build(t: Thresholds, stack: Stack) -> dashboard_builders.Dashboard:
             row("Escalations"),
             timeseries_panel(
                 "Escalation reasons",
-                "Escalations to Claude per second, by reason (threshold, critical, requested).",
+                f"Escalations to Claude per second, by reason ({', '.join(ESCALATION_REASONS)}).",
                 PER_SECOND,
                 [Query(f"sum by (reason) (rate({m.ESCALATIONS}{{{BY_MODEL}}}[$__rate_interval]))", "{{reason}}")],
                 stacked=True,
@@ -76,7 +77,8 @@ def build(t: Thresholds, stack: Stack) -> dashboard_builders.Dashboard:
             ),
             timeseries_panel(
                 "Escalation failures by error type",
-                "Failed or refused escalation attempts per second (quota_exhausted and budget_exhausted are refusals).",
+                f"Failed or refused escalation attempts per second ({', '.join(REFUSAL_ERROR_TYPES)} are refusals: "
+                "nothing was sent to Claude).",
                 PER_SECOND,
                 [
                     Query(
@@ -95,7 +97,7 @@ def build(t: Thresholds, stack: Stack) -> dashboard_builders.Dashboard:
             ),
             timeseries_panel(
                 "Task outcomes",
-                "Routed tasks per second by outcome.",
+                f"Routed tasks per second by outcome ({', '.join(TASK_OUTCOMES)}).",
                 PER_SECOND,
                 [Query(f"sum by (outcome) (rate({m.TASKS}[$__rate_interval]))", "{{outcome}}")],
                 stacked=True,

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
+from costline import spans as attr
 from costline.config import Config
 from router.task import Task
-
-REASON_THRESHOLD = "threshold"
-REASON_CRITICAL = "critical"
-REASON_REQUESTED = "requested"
 
 
 def is_critical(config: Config, task: Task) -> bool:
@@ -21,18 +18,19 @@ def threshold_for(config: Config, task: Task) -> int:
 
 def escalation_before_local(config: Config, task: Task) -> str | None:
     """A caller who asks for Claude skips the local models."""
-    return REASON_REQUESTED if task.prefer_escalation else None
+    return attr.REASON_REQUESTED if task.prefer_escalation else None
 
 
 def escalation_after_failure(config: Config, task: Task, local_failures: int, local_left: int) -> str | None:
-    """After a local failure: escalate once failures reach the threshold or the local chain is exhausted.
+    """After a local failure: escalate once failures reach the threshold (``critical`` for critical tasks), or when the
+    local chain ran out before reaching it (``exhausted``).
 
-    Returns the reason, or None to go on with the next local model (or to give up, when none is left).
-    Disabled escalation never escalates.
+    Returns the reason, or None to go on with the next local model. Disabled escalation never escalates.
     """
     if not config.escalation.enabled:
         return None
-    critical = is_critical(config, task)
-    if local_failures >= threshold_for(config, task) or local_left == 0:
-        return REASON_CRITICAL if critical else REASON_THRESHOLD
+    if local_failures >= threshold_for(config, task):
+        return attr.REASON_CRITICAL if is_critical(config, task) else attr.REASON_THRESHOLD
+    if local_left == 0:
+        return attr.REASON_EXHAUSTED
     return None

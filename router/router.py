@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -15,25 +17,44 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from costline import spans as attr
 from costline.config import Config
-from costline.pricing import Pricer, TokenUsage, is_deprecated
+from costline.pricing import Pricer, is_deprecated
 from router import policy
+from router.attempt import Attempt
+from router.delivery import SpoolingExporter
 from router.errors import ProviderFailure
-from router.providers import Endpoint, Reply
 from router.providers.anthropic import AnthropicProvider
 from router.providers.ollama import OllamaProvider
 from router.task import AttemptRecord, Task, TaskResult
-from router.telemetry import ReportingExporter, Telemetry, build_tracer_provider
-from router.usage_store import Limits, Refusal, Reservation, UsageStore
+from router.telemetry import Telemetry, build_tracer_provider
+from router.usage_db import UsageStoreUnavailable
+from router.usage_store import Refusal, Reservation, open_usage_store
+from router.validators import BUILTIN as BUILTIN_VALIDATORS
 
 log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 0.5  # first wait before retrying Claude when it gives no retry-after
 
 
+class Waits:
+    """How the router waits before a retry; tests hand in one that records the waits instead of sleeping."""
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
 class Router:
     """Routes tasks local-first. Thread-safe for ``run``; ``arun`` may be awaited concurrently."""
 
-    def __init__(self, config: Config, *, tracer_provider: trace.TracerProvider | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        waits: Waits | None = None,
+    ) -> None:
         self.config = config
         self.pricer = Pricer(config)
         esc = config.escalation
@@ -48,103 +69,111 @@ class Router:
                     f" (end of life: {end_of_life})" if end_of_life else "",
                 )
         self._owns_provider = tracer_provider is None
-        self.exporter: ReportingExporter | None = None  # set when the router made its own provider
+        self.exporter: SpoolingExporter | None = None  # set when the router made its own provider
         if tracer_provider is None:
             tracer_provider, self.exporter = build_tracer_provider(config)
         self._tracer_provider = tracer_provider
         self.telemetry = Telemetry(self._tracer_provider, config.telemetry.capture_content)
-        self.usage = UsageStore(config.usage_db_path, Limits.from_config(config))
+        self.usage = open_usage_store(config)
+        self.waits = waits or Waits()
         self._ollama = self._new_ollama()
         self._claude = self._new_claude()
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[OllamaProvider, AnthropicProvider]]
+        self._by_loop = weakref.WeakKeyDictionary()
+        self._loop_lock = threading.Lock()
 
     def _new_ollama(self) -> OllamaProvider:
         return OllamaProvider(self.config.router.ollama_host, self.config.router.timeout_s)
 
     def _new_claude(self) -> AnthropicProvider:
         esc = self.config.escalation
-        return AnthropicProvider(esc.base_url, self.config.router.timeout_s, esc.max_tokens)
+        return AnthropicProvider(esc.base_url, esc.timeout_s, esc.max_tokens)
 
     # -- sync ---------------------------------------------------------------------------------------------------
 
     def run(self, task: Task) -> TaskResult:
         state = _TaskRun(self, task)
-        try:
+        with state:
             while (step := state.next_step()) is not None:
                 if isinstance(step, _Wait):
-                    time.sleep(step.seconds)
-                elif isinstance(step, _Local):
-                    start = time.time_ns()
+                    self.waits.sleep(step.seconds)
+                    continue
+                with state.attempt(step) as attempt:
                     try:
-                        reply, failure = state.checked(self._ollama.chat(step.model, state.local_messages())), None
-                    except ProviderFailure as exc:
-                        reply, failure = exc.reply, exc
-                    state.on_local(step, reply, failure, start, time.time_ns())
-                elif problem := self._claude.credentials_problem():
-                    state.on_escalation(step, None, problem, time.time_ns(), time.time_ns())
-                else:
-                    admission = self.usage.reserve(task.id, step.reason, step.model)
-                    if isinstance(admission, Refusal):
-                        state.on_refused(step, admission, time.time_ns())
-                        continue
-                    start = time.time_ns()
-                    try:
-                        reply = self._claude.chat(step.model, state.claude_system(), state.claude_messages())
-                        reply, failure = state.checked(reply), None
-                    except ProviderFailure as exc:
-                        reply, failure = exc.reply, exc
-                    record = state.on_escalation(step, reply, failure, start, time.time_ns())
-                    self._record_spend(admission, record, reply)
-        finally:
-            result = state.finish()
-        return result
+                        if isinstance(step, _Local):
+                            attempt.answered(self._ollama.chat(step.model, state.local_messages(), attempt.progress))
+                        elif self._admit(state, step, attempt, self._claude):
+                            system, messages = state.claude_system(), state.claude_messages()
+                            attempt.answered(self._claude.chat(step.model, system, messages, attempt.progress))
+                    except ProviderFailure as failure:
+                        attempt.failed(failure)
+        return state.result
 
     # -- async --------------------------------------------------------------------------------------------------
 
     async def arun(self, task: Task) -> TaskResult:
-        # Async clients are bound to one event loop: give each task its own, closed when it ends.
-        local, claude = self._new_ollama(), self._new_claude()
+        local, claude = self._loop_providers()
         state = _TaskRun(self, task)
-        try:
+        with state:
             while (step := state.next_step()) is not None:
                 if isinstance(step, _Wait):
-                    await asyncio.sleep(step.seconds)
-                elif isinstance(step, _Local):
-                    start = time.time_ns()
+                    await self.waits.asleep(step.seconds)
+                    continue
+                with state.attempt(step) as attempt:
                     try:
-                        reply = await local.achat(step.model, state.local_messages())
-                        reply, failure = state.checked(reply), None
-                    except ProviderFailure as exc:
-                        reply, failure = exc.reply, exc
-                    state.on_local(step, reply, failure, start, time.time_ns())
-                elif problem := claude.credentials_problem():
-                    state.on_escalation(step, None, problem, time.time_ns(), time.time_ns())
-                else:
-                    admission = await asyncio.to_thread(self.usage.reserve, task.id, step.reason, step.model)
-                    if isinstance(admission, Refusal):
-                        state.on_refused(step, admission, time.time_ns())
-                        continue
-                    start = time.time_ns()
-                    try:
-                        reply = await claude.achat(step.model, state.claude_system(), state.claude_messages())
-                        reply, failure = state.checked(reply), None
-                    except ProviderFailure as exc:
-                        reply, failure = exc.reply, exc
-                    record = state.on_escalation(step, reply, failure, start, time.time_ns())
-                    await asyncio.to_thread(self._record_spend, admission, record, reply)
-        finally:
-            result = state.finish()
-            await local.aclose()
-            await claude.aclose()
-        return result
+                        if isinstance(step, _Local):
+                            reply = await local.achat(step.model, state.local_messages(), attempt.progress)
+                            attempt.answered(reply)
+                        elif await asyncio.to_thread(self._admit, state, step, attempt, claude):
+                            system, messages = state.claude_system(), state.claude_messages()
+                            attempt.answered(await claude.achat(step.model, system, messages, attempt.progress))
+                    except ProviderFailure as failure:
+                        attempt.failed(failure)
+        return state.result
 
-    def _record_spend(self, reservation: Reservation, record: AttemptRecord, reply: Reply | None) -> None:
-        self.usage.record(
-            reservation,
-            ok=record.ok,
-            usage=reply.usage if reply is not None else TokenUsage(),
-            cost_usd=record.cost_usd,
-            error_type=record.error_type,
-        )
+    def _loop_providers(self) -> tuple[OllamaProvider, AnthropicProvider]:
+        """The async clients of the running event loop, made on its first task and kept for the next ones: async
+        clients are bound to one loop, and making a client (its TLS context, its connection pool) per task costs
+        more than the task's own work."""
+        loop = asyncio.get_running_loop()
+        with self._loop_lock:
+            providers = self._by_loop.get(loop)
+            if providers is None:
+                providers = self._by_loop[loop] = (self._new_ollama(), self._new_claude())
+            return providers
+
+    async def aclose(self) -> None:
+        """Close the async clients of the running event loop (``close`` releases the rest)."""
+        with self._loop_lock:
+            providers = self._by_loop.pop(asyncio.get_running_loop(), None)
+        for provider in providers or ():
+            await provider.aclose()
+
+    def _admit(self, state: _TaskRun, step: _Escalate, attempt: Attempt, claude: AnthropicProvider) -> bool:
+        """Reserve a quota slot and the call's upper-bound cost together; False when the escalation may not run.
+
+        The attempt takes the answer in the same (possibly worker) thread, so a task cancelled meanwhile still
+        gets its reservation back."""
+        admission: Reservation | Refusal
+        if problem := claude.credentials_problem():
+            admission = Refusal(attr.ERROR_MISSING_CREDENTIALS, problem)
+        else:
+            bound = claude.usage_bound(state.claude_system(), state.claude_messages())
+            cost_bound = self.pricer.upper_bound(attr.PROVIDER_ANTHROPIC, step.model, bound)
+            trace_id, span_id = attempt.ids
+            try:
+                admission = self.usage.reserve(
+                    state.task.id,
+                    step.reason,
+                    step.model,
+                    bound_usd=cost_bound,
+                    trace_id=trace_id,
+                    span_id=span_id,
+                    team=state.task.team,
+                )
+            except UsageStoreUnavailable as exc:  # fail closed: no budget check, no call
+                admission = Refusal(attr.ERROR_USAGE_STORE_UNAVAILABLE, str(exc))
+        return attempt.admit(admission)
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -152,6 +181,8 @@ class Router:
         """Close the HTTP clients and flush the spans (and shut the exporter down if the router made it)."""
         self._ollama.close()
         self._claude.close()
+        with self._loop_lock:
+            self._by_loop.clear()  # async clients of loops that have ended: their connections go with them
         if isinstance(self._tracer_provider, TracerProvider):
             if self._owns_provider:
                 self._tracer_provider.shutdown()
@@ -183,14 +214,25 @@ class _Wait:
 
 
 class _TaskRun:
-    """One task's walk down the chain. It decides the next step and books each attempt; the router does the I/O."""
+    """One task's walk down the chain. It decides the next step and books each attempt; the router does the I/O.
+
+    Used as a context manager around the walk: the task span is current inside it, so any span made during the task
+    (the attempts', other instrumentation's) is its child, and whatever ends the walk — an answer, a failure, a
+    cancellation — ends the task span with the outcome it had.
+    """
 
     def __init__(self, router: Router, task: Task) -> None:
         self.router, self.config, self.task = router, router.config, task
         self.critical = policy.is_critical(self.config, task)
-        self.span = router.telemetry.start_task(task, self.critical)
+        # The task's own validator, else the one its type names in [validators].
+        self.validator = task.validator or BUILTIN_VALIDATORS.get(self.config.validators.get(task.type, ""))
         self.attempts: list[AttemptRecord] = []
-        self.local_models = list(self.config.router.models)
+        models = list(self.config.router.models)
+        if task.start_model is not None and task.start_model not in models:
+            raise ValueError(f"start_model {task.start_model!r} is not one of router.models: {', '.join(models)}")
+        # A task may start further down the chain; each model keeps its own tier.
+        self.local_models = models[models.index(task.start_model) :] if task.start_model else models
+        self.primary = models[0]
         self.next_local = 0
         self.local_failures = 0
         self.reason = policy.escalation_before_local(self.config, task)
@@ -198,17 +240,28 @@ class _TaskRun:
         self.calls = 0  # escalation HTTP calls made (retries included)
         self.wait: float | None = None
         self.refusal: Refusal | None = None
+        self.truncated: str | None = None  # Claude's answer, cut off at max_tokens
         self.headline: str | None = None  # why escalation did not help, when it did not
         self.headline_attempt: int | None = None  # the attempt the headline already describes
         self.text: str | None = None
+        self.result: TaskResult
         if self.reason and not self.config.escalation.enabled:
             self.headline = "the task asked for Claude, but escalation is disabled (escalation.enabled = false)"
             self.escalation_over = True
+        self._span: trace.Span | None = None
+        self._token: object | None = None
+
+    def __enter__(self) -> _TaskRun:
+        self._span, self._token = self.router.telemetry.start_task(self.task, self.critical)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        self.result = self._finish(exc)
 
     # -- what to do next ----------------------------------------------------------------------------------------
 
     def next_step(self) -> _Local | _Escalate | _Wait | None:
-        if self.text is not None:
+        if self.text is not None or self.truncated is not None:
             return None
         if self.wait is not None:
             seconds, self.wait = self.wait, None
@@ -218,9 +271,31 @@ class _TaskRun:
         if self.task.prefer_escalation:
             return None  # an explicit request for Claude never falls back to local models
         if self.next_local < len(self.local_models):
-            index = self.next_local
-            return _Local(self.local_models[index], "primary" if index == 0 else "fallback")
+            model = self.local_models[self.next_local]
+            return _Local(model, attr.TIER_PRIMARY if model == self.primary else attr.TIER_FALLBACK)
         return None
+
+    def attempt(self, step: _Local | _Escalate) -> Attempt:
+        """Start the attempt's span, current until the attempt ends (see :class:`Attempt`)."""
+        if isinstance(step, _Local):
+            return Attempt(
+                self,
+                tier=step.tier,
+                provider=attr.PROVIDER_OLLAMA,
+                model=step.model,
+                reason=None,
+                endpoint=self.router._ollama.endpoint,
+                validator=self.validator,
+            )
+        return Attempt(
+            self,
+            tier=attr.TIER_ESCALATION,
+            provider=attr.PROVIDER_ANTHROPIC,
+            model=step.model,
+            reason=step.reason,
+            endpoint=self.router._claude.endpoint,
+            validator=self.validator,
+        )
 
     # -- messages -----------------------------------------------------------------------------------------------
 
@@ -235,7 +310,7 @@ class _TaskRun:
         """The task's system prompt, plus what each earlier local attempt did wrong, so Claude can avoid it."""
         parts = [self.task.system] if self.task.system else []
         parts += [m["content"] for m in self.task.conversation() if m["role"] == "system"]
-        failed = [a for a in self.attempts if a.tier != "escalation" and not a.ok]
+        failed = [a for a in self.attempts if a.tier != attr.TIER_ESCALATION and not a.ok]
         if failed:
             lines = [
                 f"- attempt {a.index}: model {a.model} ({a.tier}) failed with {a.error_type}: {a.error_message}"
@@ -244,94 +319,59 @@ class _TaskRun:
             parts.append("Local models tried this task first and failed:\n" + "\n".join(lines))
         return "\n\n".join(str(p) for p in parts) or None
 
-    def checked(self, reply: Reply) -> Reply:
-        """Apply the task's validator: a rejection is a failure that still used (and is charged) tokens."""
-        if self.task.validator is not None:
-            rejection = self.task.validator(reply.text)
-            if rejection is not None:
-                raise ProviderFailure("invalid_output", f"output rejected by the validator: {rejection}", reply=reply)
-        return reply
+    def content(self, provider: str) -> tuple[str | None, list[dict[str, Any]]]:
+        """The system prompt and messages an attempt on ``provider`` sends (for opt-in content capture)."""
+        if provider == attr.PROVIDER_OLLAMA:
+            return self.task.system, self.task.conversation()
+        return self.claude_system(), self.claude_messages()
 
-    # -- bookkeeping --------------------------------------------------------------------------------------------
+    # -- bookkeeping, called by Attempt when an attempt ends ----------------------------------------------------
 
-    def on_local(
-        self, step: _Local, reply: Reply | None, failure: ProviderFailure | None, start: int, end: int
-    ) -> None:
+    def booked(self, record: AttemptRecord, failure: ProviderFailure | None, reply_text: str | None) -> None:
+        self.attempts.append(record)
+        if record.tier == attr.TIER_ESCALATION:
+            self._after_escalation(record, failure, reply_text)
+        else:
+            self._after_local(record, failure, reply_text)
+
+    def _after_local(self, record: AttemptRecord, failure: ProviderFailure | None, text: str | None) -> None:
         self.next_local += 1
-        compute = reply.compute_seconds if reply is not None else failure.compute_seconds if failure else None
-        usage = reply.usage if reply is not None else TokenUsage()
-        cost = self.router.pricer.price(attr.PROVIDER_OLLAMA, step.model, usage, compute_seconds=compute).usd
-        self._book(
-            step.tier,
-            attr.PROVIDER_OLLAMA,
-            step.model,
-            reply,
-            failure,
-            cost,
-            start,
-            end,
-            None,
-            endpoint=self.router._ollama.endpoint,
-            compute_seconds=compute,
-        )
         if failure is None:
-            self.text = reply.text if reply else None
+            self.text = text
             return
         self.local_failures += 1
-        log.info("task %s: %s failed (%s): %s", self.task.id, step.model, failure.error_type, failure.message)
+        log.info("task %s: %s failed (%s): %s", self.task.id, record.model, failure.error_type, failure.message)
         if self.reason is None and not self.escalation_over:
             left = len(self.local_models) - self.next_local
             self.reason = policy.escalation_after_failure(self.config, self.task, self.local_failures, left)
 
-    def on_refused(self, step: _Escalate, refusal: Refusal, at: int) -> None:
-        failure = ProviderFailure(refusal.error_type, refusal.message)
-        record = self._book(
-            "escalation",
-            attr.PROVIDER_ANTHROPIC,
-            step.model,
-            None,
-            failure,
-            Decimal(0),
-            at,
-            at,
-            step.reason,
-            endpoint=None,
-        )
-        log.warning("task %s: escalation refused: %s", self.task.id, refusal.message)
-        self.refusal, self.headline, self.escalation_over = refusal, refusal.message, True
-        self.headline_attempt = record.index
-
-    def on_escalation(
-        self, step: _Escalate, reply: Reply | None, failure: ProviderFailure | None, start: int, end: int
-    ) -> AttemptRecord:
-        self.calls += 1
-        cost = Decimal(0)
-        if reply is not None:
-            cost = self.router.pricer.price(attr.PROVIDER_ANTHROPIC, step.model, reply.usage).usd
-        record = self._book(
-            "escalation",
-            attr.PROVIDER_ANTHROPIC,
-            step.model,
-            reply,
-            failure,
-            cost,
-            start,
-            end,
-            step.reason,
-            endpoint=self.router._claude.endpoint,
-        )
+    def _after_escalation(self, record: AttemptRecord, failure: ProviderFailure | None, text: str | None) -> None:
         if failure is None:
-            self.text = reply.text if reply else None
-            return record
-        log.info("task %s: %s failed (%s): %s", self.task.id, step.model, failure.error_type, failure.message)
-        self.headline = f"escalation to {step.model} failed: {failure.message}"
+            self.text = text
+            return
+        if failure.error_type in attr.REFUSAL_ERROR_TYPES:
+            log.warning("task %s: escalation refused: %s", self.task.id, failure.message)
+            if failure.error_type in (attr.ERROR_QUOTA_EXHAUSTED, attr.ERROR_BUDGET_EXHAUSTED):
+                self.refusal = Refusal(failure.error_type, failure.message, failure.retry_after_s)
+                self.headline = failure.message
+            else:
+                self.headline = f"escalation to {record.model} refused: {failure.message}"
+            self.escalation_over, self.headline_attempt = True, record.index
+            return
+        self.calls += 1
+        log.info("task %s: %s failed (%s): %s", self.task.id, record.model, failure.error_type, failure.message)
+        self.headline = f"escalation to {record.model} failed: {failure.message}"
         self.headline_attempt = record.index
-        self._plan_retry(failure)
-        return record
+        if failure.error_type == attr.ERROR_TRUNCATED:
+            self.truncated = text or ""
+            self.escalation_over = True
+            return
+        self._plan_retry(failure, record.billed)
 
-    def _plan_retry(self, failure: ProviderFailure) -> None:
+    def _plan_retry(self, failure: ProviderFailure, billed: bool) -> None:
         limits = self.config.router
-        if not failure.retryable or self.calls > limits.max_retries:
+        # A call Claude may have billed is never retried: a second try would pay again for the same task.
+        if not failure.retryable or billed or self.calls > limits.max_retries:
             self.escalation_over = True
             return
         wait = failure.retry_after_s
@@ -345,78 +385,41 @@ class _TaskRun:
             return
         self.wait = wait
 
-    def _book(
-        self,
-        tier: str,
-        provider: str,
-        model: str,
-        reply: Reply | None,
-        failure: ProviderFailure | None,
-        cost: Decimal | None,
-        start: int,
-        end: int,
-        reason: str | None,
-        *,
-        endpoint: Endpoint | None,
-        compute_seconds: float | None = None,
-    ) -> AttemptRecord:
-        """Record one attempt: on the task's list, and as its span."""
-        usage = reply.usage if reply is not None else TokenUsage()
-        record = AttemptRecord(
-            index=len(self.attempts),
-            tier=tier,
-            provider=provider,
-            model=model,
-            ok=failure is None,
-            error_type=failure.error_type if failure else None,
-            error_message=failure.message if failure else None,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-            cost_usd=cost,
-            duration_s=(end - start) / 1e9,
-            escalation_reason=reason,
-            compute_seconds=compute_seconds,
-        )
-        self.attempts.append(record)
-        local = provider == attr.PROVIDER_OLLAMA
-        self.router.telemetry.record_attempt(
-            self.span,
-            self.task,
-            record,
-            start_ns=start,
-            end_ns=end,
-            endpoint=endpoint,
-            reply=reply,
-            system=self.task.system if local else self.claude_system(),
-            messages=self.task.conversation() if local else self.claude_messages(),
-        )
-        return record
-
     # -- the end ------------------------------------------------------------------------------------------------
 
-    def finish(self) -> TaskResult:
-        ok = self.text is not None
-        escalated = any(a.tier == "escalation" and a.error_type not in _REFUSALS for a in self.attempts)
-        if ok:
-            outcome, error = "completed", None
+    def _finish(self, interrupted: BaseException | None) -> TaskResult:
+        escalated = any(
+            a.tier == attr.TIER_ESCALATION and a.error_type not in attr.REFUSAL_ERROR_TYPES for a in self.attempts
+        )
+        if interrupted is not None:
+            cancelled = not isinstance(interrupted, Exception)
+            outcome = attr.OUTCOME_CANCELLED if cancelled else attr.OUTCOME_FAILED
+            error = f"{'cancelled' if cancelled else 'stopped'} by {type(interrupted).__name__}"
+            if str(interrupted):
+                error += f": {interrupted}"
+        elif self.text is not None:
+            outcome, error = attr.OUTCOME_COMPLETED, None
+        elif self.truncated is not None:
+            outcome, error = attr.OUTCOME_TRUNCATED, self._error()
+        elif self.refusal is not None:
+            outcome, error = self.refusal.error_type, self._error()
         else:
-            outcome = "quota_exhausted" if self.refusal is not None else "failed"
-            error = self._error()
+            outcome, error = attr.OUTCOME_FAILED, self._error()
+        assert self._span is not None
         self.router.telemetry.end_task(
-            self.span, outcome=outcome, escalated=escalated, attempts=len(self.attempts), error=error
+            self._span, self._token, outcome=outcome, escalated=escalated, attempts=len(self.attempts), error=error
         )
         cost = sum((a.cost_usd or Decimal(0) for a in self.attempts), Decimal(0))
         return TaskResult(
             task_id=self.task.id,
-            ok=ok,
-            text=self.text,
+            ok=outcome == attr.OUTCOME_COMPLETED,
+            text=self.text if self.text is not None else self.truncated,
             outcome=outcome,
             escalated=escalated,
             attempts=list(self.attempts),
             cost_usd=cost,
             error=error,
+            retry_after_s=self.refusal.retry_after_s if self.refusal is not None else None,
         )
 
     def _error(self) -> str:
@@ -435,4 +438,4 @@ class _TaskRun:
         return f"{headline} — attempts: " + "; ".join(failed)
 
 
-_REFUSALS = ("quota_exhausted", "budget_exhausted")
+__all__ = ["Router", "Waits"]

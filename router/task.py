@@ -6,10 +6,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
+
+from costline.spans import PROJECT, TEAM, USER_ID
 
 Validator = Callable[[str], str | None]
-Outcome = Literal["completed", "failed", "quota_exhausted"]
 
 
 @dataclass
@@ -23,6 +24,10 @@ class Task:
     critical: bool | None = None  # None: decided by escalation.critical_task_types
     prefer_escalation: bool = False  # go straight to Claude
     validator: Validator | None = None  # returns None when the output is acceptable, else why not
+    start_model: str | None = None  # start the local chain at this model of router.models (None: the primary)
+    team: str | None = None  # attribution: costline.team, costline.project and user.id on the task's spans
+    project: str | None = None
+    user: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
@@ -38,6 +43,11 @@ class Task:
                     raise ValueError("each message needs a role and a content, e.g. {'role': 'user', 'content': 'hi'}")
         if not self.type:
             raise ValueError("a Task's type must not be empty")
+
+    def attribution(self) -> dict[str, str]:
+        """The span attributes that say whom the task's cost belongs to."""
+        given = {TEAM: self.team, PROJECT: self.project, USER_ID: self.user}
+        return {key: value for key, value in given.items() if value}
 
     def conversation(self) -> list[dict[str, Any]]:
         """The chat messages for the model, without the system prompt."""
@@ -61,7 +71,9 @@ class AttemptRecord:
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
-    cost_usd: Decimal | None = Decimal(0)
+    cost_usd: Decimal | None = Decimal(0)  # None: unpriced
+    cost_estimated: bool = False  # the call ended before its usage arrived: cost_usd is its reserved upper bound
+    billed: bool = True  # False: a cloud call that ended before the model began answering (costs nothing)
     duration_s: float = 0.0
     escalation_reason: str | None = None
     compute_seconds: float | None = None  # local models: prompt eval + eval time (estimated on failures)
@@ -72,11 +84,12 @@ class TaskResult:
     task_id: str
     ok: bool
     text: str | None
-    outcome: Outcome
+    outcome: str  # one of costline.spans.TASK_OUTCOMES
     escalated: bool
     attempts: list[AttemptRecord]
     cost_usd: Decimal
     error: str | None = None
+    retry_after_s: float | None = None  # refused by the quota or a budget: seconds until there is room again
 
     @property
     def models(self) -> list[str]:

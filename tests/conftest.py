@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis_profiles
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -17,6 +18,8 @@ from costline import spans as attr
 from costline.config import Config, load_config, with_overrides
 from costline.demo.fake_anthropic import FakeAnthropic
 from costline.demo.fake_ollama import FakeOllama
+
+hypothesis_profiles.load()  # before any test module builds its hypothesis settings
 
 TEST_API_KEY = "sk-ant-test-0123456789-SECRET-abcdef"
 

@@ -132,7 +132,7 @@ def test_gzip_protobuf_is_accepted(collector: Collector) -> None:
             attribute.value.string_value = value
     status, headers, body = _post(
         f"{collector.otlp_url}/v1/traces",
-        gzip.compress(request.SerializeToString()),
+        gzip.compress(request.SerializeToString(), mtime=0),
         "application/x-protobuf",
         {"Content-Encoding": "gzip"},
     )
@@ -143,7 +143,7 @@ def test_gzip_protobuf_is_accepted(collector: Collector) -> None:
 
 def test_a_body_over_the_limit_after_decompression_is_413(collector: Collector) -> None:
     padding = _claude(**{"gen_ai.response.id": "x" * 100_000})  # 100 kB of attributes, tiny once gzipped
-    compressed = gzip.compress(_json_body(_json_span("00f067aa0ba902b9", **padding)))
+    compressed = gzip.compress(_json_body(_json_span("00f067aa0ba902b9", **padding)), mtime=0)
     assert len(compressed) < 64 * 1024
     status, _, body = _post(
         f"{collector.otlp_url}/v1/traces", compressed, "application/json", {"Content-Encoding": "gzip"}
@@ -159,7 +159,7 @@ def test_a_body_over_the_limit_after_decompression_is_413(collector: Collector) 
         (b"\x0a\xff\xff\xff", "application/x-protobuf", None, "not an OTLP ExportTraceServiceRequest protobuf"),
         (b'{"resourceSpans": [', "application/json", None, "not valid JSON"),
         (b'{"resourceSpans": {"a": 1}}', "application/json", None, "resourceSpans must be a JSON array"),
-        (gzip.compress(b"{}")[:-6], "application/json", "gzip", "truncated gzip body"),
+        (gzip.compress(b"{}", mtime=0)[:-6], "application/json", "gzip", "truncated gzip body"),  # same bytes, same id
         (b"not gzip at all", "application/json", "gzip", "malformed gzip body"),
     ],
 )

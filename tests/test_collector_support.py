@@ -154,4 +154,6 @@ def rows(collector: Collector, sql: str, params: list[Any] | None = None) -> lis
         con.close()
 
 
-NOW = datetime.now(UTC)
+# Span times are fixed, not read from the clock: a live collector stores any time that is not in the future, and
+# what the tests assert must not depend on the day they run.
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

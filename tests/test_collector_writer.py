@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import duckdb
@@ -12,13 +11,13 @@ from collector.ledger import LedgerWriter, open_ledger
 from collector.mapping import MappedRequest, map_spans
 from collector.otlp_decode import SpanRecord
 from collector.price_cache import FastPricer
-from collector.writer import BatchWriter
+from collector.writer import BatchWriter, Pending
 from costline import spans as S
 from costline.config import Config
 from costline.pricing import Pricer
 
 PRICER = FastPricer(Pricer(Config()))
-NOW_NS = time.time_ns()
+NOW_NS = 1_764_000_000 * 1_000_000_000  # fixed span times, and the mapping's clock
 
 
 def _writer(tmp_path: Path, linger_s: float) -> tuple[BatchWriter, list[int], duckdb.DuckDBPyConnection]:
@@ -45,31 +44,44 @@ def _request(first_id: int, rows: int) -> MappedRequest:
         SpanRecord(f"{n:032x}", f"{n:016x}", "", "chat", 3, NOW_NS - 10**9, NOW_NS, 0, "", attributes)
         for n in range(first_id, first_id + rows)
     ]
-    mapped = map_spans(spans, PRICER)
+    mapped = map_spans(spans, PRICER, now_ns=NOW_NS)
     assert mapped.attempts.num_rows == rows
     return mapped
 
 
-def _submit_after_decoding(writer: BatchWriter, request: MappedRequest, decode_s: float) -> None:
-    with writer.incoming():
-        time.sleep(decode_s)  # the decode worker's time
-        pending = writer.submit(request)
-    pending.wait(10)
+def _two_requests(writer: BatchWriter, *, second_waits_for_first: bool) -> tuple[Pending, Pending]:
+    """The first request is queued while the second is still being decoded (inside ``incoming()``).
 
+    The second is submitted as soon as the first is queued, or, with ``second_waits_for_first``, only once the
+    first is committed: the commit must not wait for it beyond the linger.
+    """
+    decoding, first_queued = threading.Event(), threading.Event()
+    second: list[Pending] = []
+    first: list[Pending] = []
 
-def _two_requests(writer: BatchWriter, decode_s: float) -> None:
-    second = threading.Thread(target=_submit_after_decoding, args=(writer, _request(100, 3), decode_s))
-    with writer.incoming():  # the second request is being decoded when the first is queued
-        second.start()
-        time.sleep(0.01)
-    writer.submit(_request(1, 2)).wait(10)
-    second.join(10)
+    def decode_then_submit() -> None:
+        with writer.incoming():
+            decoding.set()
+            assert first_queued.wait(10)
+            if second_waits_for_first:
+                first[0].done.wait(30)
+            second.append(writer.submit(_request(100, 3)))
+
+    thread = threading.Thread(target=decode_then_submit)
+    thread.start()
+    assert decoding.wait(10)
+    first.append(writer.submit(_request(1, 2)))
+    first_queued.set()
+    first[0].wait(60)
+    thread.join(60)
+    second[0].wait(10)
+    return first[0], second[0]
 
 
 def test_a_request_still_decoding_joins_the_commit_within_the_linger(tmp_path: Path) -> None:
-    writer, commits, con = _writer(tmp_path, linger_s=1.0)
+    writer, commits, con = _writer(tmp_path, linger_s=60.0)
     try:
-        _two_requests(writer, decode_s=0.05)
+        _two_requests(writer, second_waits_for_first=False)
         stored = con.execute("SELECT count(*) FROM attempts").fetchone()
     finally:
         writer.stop()
@@ -80,7 +92,7 @@ def test_a_request_still_decoding_joins_the_commit_within_the_linger(tmp_path: P
 def test_without_a_linger_each_request_commits_on_its_own(tmp_path: Path) -> None:
     writer, commits, _ = _writer(tmp_path, linger_s=0.0)
     try:
-        _two_requests(writer, decode_s=0.05)
+        _two_requests(writer, second_waits_for_first=True)  # a commit that waited would wait for nothing
     finally:
         writer.stop()
     assert commits == [2, 3]
@@ -98,7 +110,8 @@ def test_nothing_on_its_way_means_no_wait(tmp_path: Path) -> None:
 def test_the_linger_bounds_the_wait(tmp_path: Path) -> None:
     writer, commits, _ = _writer(tmp_path, linger_s=0.2)
     try:
-        _two_requests(writer, decode_s=1.0)  # the second request takes longer than the linger
+        # The second request is decoded only after the first is committed: the commit waited out its linger.
+        _two_requests(writer, second_waits_for_first=True)
     finally:
         writer.stop()
     assert commits == [2, 3]

@@ -1,4 +1,5 @@
-"""The compose stack, checked structurally (no Docker engine here): services, mounts, ports, health checks."""
+"""The compose stack, checked for what breaks it (no Docker engine here): it parses, pulled images are pinned, every
+mounted path exists, ports stay on loopback, services have health checks and agree with the config defaults."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
 SERVICES = COMPOSE["services"]
 DEFAULTS = Config()
-LONG_RUNNING = ("ollama", "collector", "prometheus", "grafana")
+# Services that are restarted when they stop: the stack itself, as opposed to one-shot and opt-in jobs.
+LONG_RUNNING = [name for name, service in SERVICES.items() if service.get("restart", "no") != "no"]
 
 
 def volumes_of(service: str) -> list[tuple[str, str]]:
@@ -48,32 +50,41 @@ def mount_target(service: str, repo_path: str) -> str:
     return next(target for source, target in volumes_of(service) if source == repo_path)
 
 
-def test_the_stack_has_every_service_and_the_demo_is_optional():
-    assert set(SERVICES) == {"ollama", "ollama-pull", "collector", "prometheus", "grafana", "demo"}
+def test_every_pulled_image_is_pinned_to_a_version():
+    for name, service in SERVICES.items():
+        if "build" in service:
+            continue  # built from this repo's Dockerfile
+        image = service.get("image", "")
+        repository, _, tag = image.rpartition(":")
+        assert repository and tag and "/" not in tag, f"{name}: image {image!r} has no tag"
+        assert tag != "latest" and re.search(r"\d", tag), f"{name}: image {image!r} is not pinned to a version"
+
+
+def test_the_demo_is_optional_and_the_stack_runs_without_it():
     assert SERVICES["demo"]["profiles"] == ["demo"]
-    assert all("profiles" not in SERVICES[name] for name in LONG_RUNNING)
+    assert {"collector", "prometheus", "grafana"} <= set(LONG_RUNNING)
+    for name in LONG_RUNNING:
+        assert "profiles" not in SERVICES[name], f"{name} would only start with a profile"
+        assert "demo" not in SERVICES[name].get("depends_on", {}), f"{name} depends on the optional demo"
 
 
 def test_every_bind_mounted_path_exists_in_the_repo():
     mounts = bind_mounts()
-    assert {source for _, source, _ in mounts} == {
-        "./prometheus/prometheus.yml",
-        "./prometheus/rules",
-        "./grafana/provisioning",
-        "./grafana/dashboards",
-    }
+    assert mounts  # Prometheus and Grafana read the repo's rules, dashboards and provisioning
     missing = [f"{name}: {source}" for name, source, _ in mounts if not (ROOT / source).exists()]
     assert missing == []
     assert any((ROOT / "prometheus" / "rules").glob("*.y*ml"))
     assert any((ROOT / "grafana" / "dashboards").rglob("*.json"))
 
 
-def test_named_volumes_are_declared_and_hold_the_state():
-    declared = set(COMPOSE["volumes"])
+def test_named_volumes_are_declared_and_the_ledger_lives_on_one():
+    declared = set(COMPOSE.get("volumes") or {})
     used = {source for name in SERVICES for source, _ in volumes_of(name) if not source.startswith((".", "/"))}
-    assert used == declared == {"ollama-models", "ledger", "prometheus-data", "grafana-data"}
-    ledger_dir = mount_target("collector", "ledger")
-    assert SERVICES["collector"]["environment"]["COSTLINE_LEDGER"].startswith(ledger_dir + "/")
+    assert used <= declared, f"volumes used but not declared: {used - declared}"
+    ledger = SERVICES["collector"]["environment"]["COSTLINE_LEDGER"]
+    assert any(ledger.startswith(target + "/") and source in declared for source, target in volumes_of("collector")), (
+        f"the ledger {ledger} is not on a named volume: it would not survive the container"
+    )
 
 
 def test_collector_ports_agree_with_the_config_defaults():
@@ -87,15 +98,16 @@ def test_collector_ports_agree_with_the_config_defaults():
     assert published("ollama")[0][1] == int(DEFAULTS.router.ollama_host.rsplit(":", 1)[1])
 
 
-def test_ports_are_published_on_loopback_only_and_only_where_needed():
-    assert {name for name in SERVICES if SERVICES[name].get("ports")} == set(LONG_RUNNING)
-    for name in LONG_RUNNING:
-        assert {address for address, _, _ in published(name)} == {"127.0.0.1"}
+def test_ports_are_published_on_loopback_only():
+    for name in SERVICES:
+        for address, host_port, _ in published(name):
+            assert address == "127.0.0.1", f"{name} publishes port {host_port} beyond loopback"
 
 
 def test_long_running_services_have_health_checks_and_start_in_order():
     for name in LONG_RUNNING:
-        check = SERVICES[name]["healthcheck"]
+        check = SERVICES[name].get("healthcheck")
+        assert check, f"{name} has no health check"
         assert check["test"][0] == "CMD"
         assert check["interval"] and check["retries"] >= 3
     assert SERVICES["ollama-pull"]["depends_on"] == {"ollama": {"condition": "service_healthy"}}

@@ -44,6 +44,7 @@ def ledger_rows(path: Path, sql: str) -> list[tuple]:
         return con.sql(sql).fetchall()
 
 
+@pytest.mark.slow
 def test_demo_ledger_agrees_with_what_was_routed_and_printed(tmp_path):
     directory = tmp_path / "demo"
     done = run_demo(directory, "--tasks", "60", "--quota", "3")
@@ -114,6 +115,7 @@ def test_demo_ledger_agrees_with_what_was_routed_and_printed(tmp_path):
     assert error_kinds >= 2
 
 
+@pytest.mark.slow
 def test_demo_runs_twice_in_a_row_on_a_fresh_ledger(tmp_path):
     directory = tmp_path / "demo"
     for _ in range(2):
@@ -142,6 +144,13 @@ def test_prepare_directory_recreates_its_own_directory(tmp_path):
     assert sorted(p.name for p in again.iterdir()) == [MARKER]
 
 
+def _ctrl_c_interrupts() -> None:
+    """In the child: SIGINT interrupts, as Ctrl-C in a terminal does, even when the test runner was started in the
+    background (a shell starts background jobs with SIGINT ignored, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.slow
 def test_keep_serving_stays_up_until_ctrl_c_and_then_leaves_nothing_running(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COSTLINE_", "ANTHROPIC_", "OTEL_"))}
     proc = subprocess.Popen(
@@ -150,6 +159,7 @@ def test_keep_serving_stays_up_until_ctrl_c_and_then_leaves_nothing_running(tmp_
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        preexec_fn=_ctrl_c_interrupts,
     )
     lines: list[str] = []
     serving = threading.Event()
@@ -239,6 +249,7 @@ def test_simulated_claude_reports_cache_use_and_fails_sometimes():
     assert all(r.retry_after is not None for r in replies if isinstance(r, ClaudeError) and r.status == 429)
 
 
+@pytest.mark.slow
 def test_demo_can_feed_an_already_running_collector(tmp_path):
     """The compose `demo` service: spans go to the stack's collector, whose ledger then holds every one."""
     from collector.service import Collector
@@ -263,6 +274,7 @@ def test_demo_can_feed_an_already_running_collector(tmp_path):
     assert (tasks, attempts) == (summary["tasks"], summary["attempts"]) == (20, summary["attempts"])
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_routing_stops_every_server(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COSTLINE_", "ANTHROPIC_", "OTEL_"))}
     env["COLUMNS"] = "200"
@@ -272,6 +284,7 @@ def test_ctrl_c_while_routing_stops_every_server(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        preexec_fn=_ctrl_c_interrupts,
     )
     assert proc.stdout is not None
     banner = ""

@@ -1,4 +1,5 @@
-"""The simulated backends, driven by the real `ollama` and `anthropic` client libraries over HTTP."""
+"""The simulated backends, driven by the real `ollama` and `anthropic` client libraries over HTTP, the way the router
+calls them: Ollama chats streamed, Claude messages not."""
 
 from __future__ import annotations
 
@@ -44,6 +45,15 @@ def fake_claude():
         yield fake
 
 
+def chat(client: ollama.Client, model: str = QWEN, messages: list[dict] = HELLO) -> list[ollama.ChatResponse]:
+    """A chat the way the router asks for one: streamed, every chunk read."""
+    return list(client.chat(model=model, messages=messages, stream=True))
+
+
+def text(parts: list[ollama.ChatResponse]) -> str:
+    return "".join(part.message.content for part in parts)
+
+
 def claude_client(fake: FakeAnthropic, **kwargs) -> anthropic.Anthropic:
     kwargs.setdefault("api_key", KEY)
     return anthropic.Anthropic(base_url=fake.url, max_retries=0, open_telemetry=False, **kwargs)
@@ -60,14 +70,15 @@ def test_ollama_chat_reports_usage_and_durations_in_nanoseconds(fake_ollama, oll
     fake_ollama.script(
         QWEN, OllamaReply(content="def f(): pass", prompt_eval_count=321, eval_count=77, eval_duration_s=1.25)
     )
-    reply = ollama_client.chat(model=QWEN, messages=HELLO)
+    parts = chat(ollama_client)
+    reply = parts[-1]
+    assert text(parts) == "def f(): pass"
     assert reply.message.role == "assistant"
-    assert reply.message.content == "def f(): pass"
     assert (reply.model, reply.done, reply.done_reason) == (QWEN, True, "stop")
     assert (reply.prompt_eval_count, reply.eval_count) == (321, 77)
     assert (reply.prompt_eval_duration, reply.eval_duration) == (150_000_000, 1_250_000_000)
     assert reply.total_duration >= reply.load_duration + reply.prompt_eval_duration + reply.eval_duration
-    assert fake_ollama.chat_requests(QWEN) == [{"model": QWEN, "messages": HELLO, "tools": [], "stream": False}]
+    assert fake_ollama.chat_requests(QWEN) == [{"model": QWEN, "messages": HELLO, "tools": [], "stream": True}]
 
 
 def test_ollama_streams_ndjson_chunks_then_a_done_chunk(fake_ollama, ollama_client):
@@ -82,7 +93,7 @@ def test_ollama_streams_ndjson_chunks_then_a_done_chunk(fake_ollama, ollama_clie
 
 def test_ollama_unknown_model_is_404_with_ollamas_message(ollama_client):
     with pytest.raises(ollama.ResponseError) as info:
-        ollama_client.chat(model="mistral:7b", messages=HELLO)
+        chat(ollama_client, model="mistral:7b")
     assert info.value.status_code == 404
     assert info.value.error == 'model "mistral:7b" not found, try pulling it first'
 
@@ -96,9 +107,9 @@ def test_ollama_scripted_404_and_503(fake_ollama, ollama_client):
     ]
     for status, message in expected:
         with pytest.raises(ollama.ResponseError) as info:
-            ollama_client.chat(model=QWEN, messages=HELLO)
+            chat(ollama_client)
         assert (info.value.status_code, info.value.error) == (status, message)
-    assert ollama_client.chat(model=QWEN, messages=HELLO).message.content == "ok"  # script used up: default
+    assert text(chat(ollama_client)) == "ok"  # script used up: default
 
 
 def test_ollama_error_line_mid_stream_raises(fake_ollama, ollama_client):
@@ -115,13 +126,13 @@ def test_ollama_hang_trips_the_client_timeout(fake_ollama):
     fake_ollama.script(QWEN, OllamaHang(seconds=30))
     client = ollama.Client(host=fake_ollama.url, timeout=0.3)
     with pytest.raises(httpx.ReadTimeout):
-        client.chat(model=QWEN, messages=HELLO)
+        chat(client)
 
 
 def test_ollama_disconnects_before_and_during_a_stream(fake_ollama, ollama_client):
     fake_ollama.script(QWEN, OllamaDisconnect(), OllamaDisconnect(after_chunks=1))
     with pytest.raises(httpx.RemoteProtocolError):
-        ollama_client.chat(model=QWEN, messages=HELLO)
+        chat(ollama_client)
     received = []
     with pytest.raises(httpx.RemoteProtocolError):
         for part in ollama_client.chat(model=QWEN, messages=HELLO, stream=True):
@@ -133,28 +144,10 @@ def test_ollama_default_behaviour_can_depend_on_the_request(fake_ollama, ollama_
     fake_ollama.set_default(
         QWEN, lambda body: OllamaError(503) if "busy" in body["messages"][0]["content"] else OllamaReply("fine")
     )
-    assert ollama_client.chat(model=QWEN, messages=HELLO).message.content == "fine"
+    assert text(chat(ollama_client)) == "fine"
     with pytest.raises(ollama.ResponseError) as info:
-        ollama_client.chat(model=QWEN, messages=[{"role": "user", "content": "be busy"}])
+        chat(ollama_client, messages=[{"role": "user", "content": "be busy"}])
     assert info.value.status_code == 503
-
-
-def test_ollama_tags_version_and_root(fake_ollama, ollama_client):
-    listed = ollama_client.list()
-    assert [m.model for m in listed.models] == ["qwen2.5-coder:14b", QWEN, "llama3.1:70b"]
-    assert listed.models[2].details.family == "llama"
-    assert httpx.get(f"{fake_ollama.url}/api/version").json() == {"version": "0.12.6"}
-    root = httpx.get(fake_ollama.url)
-    assert (root.status_code, root.text) == (200, "Ollama is running")
-    assert httpx.head(fake_ollama.url).status_code == 200
-
-
-def test_ollama_keeps_the_connection_alive(fake_ollama, ollama_client):
-    for _ in range(3):
-        ollama_client.chat(model=QWEN, messages=HELLO)
-    ports = {r.client_port for r in fake_ollama.requests}
-    assert len(fake_ollama.requests) == 3
-    assert len(ports) == 1
 
 
 def test_ollama_answers_requests_concurrently(fake_ollama):
@@ -171,18 +164,10 @@ def test_ollama_answers_requests_concurrently(fake_ollama):
     fake_ollama.set_default(QWEN, together)
 
     def ask(_: int) -> str:
-        return ollama.Client(host=fake_ollama.url, timeout=20).chat(model=QWEN, messages=HELLO).message.content
+        return text(chat(ollama.Client(host=fake_ollama.url, timeout=20)))
 
     with ThreadPoolExecutor(5) as pool:
         assert list(pool.map(ask, range(5))) == ["together"] * 5
-
-
-def test_ollama_malformed_requests_get_400(fake_ollama):
-    bad_json = httpx.post(f"{fake_ollama.url}/api/chat", content=b"{not json")
-    assert bad_json.status_code == 400
-    assert "error" in bad_json.json()
-    no_model = httpx.post(f"{fake_ollama.url}/api/chat", json={"messages": HELLO})
-    assert (no_model.status_code, no_model.json()) == (400, {"error": "model is required"})
 
 
 # --- Anthropic ------------------------------------------------------------------------------------------------
@@ -258,66 +243,6 @@ def test_claude_bad_api_key_is_401(fake_claude):
     assert info.value.body["error"] == {"type": "authentication_error", "message": "invalid x-api-key"}
     sent = fake_claude.requests[0].headers
     assert "sk-ant-wrong" in (sent.get("x-api-key"), sent.get("authorization", "").removeprefix("Bearer "))
-
-
-def test_claude_x_api_key_header_is_checked(fake_claude):
-    url = f"{fake_claude.url}/v1/messages"
-    body = {"model": SONNET, "max_tokens": 5, "messages": HELLO}
-    ok = httpx.post(url, json=body, headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"})
-    assert (ok.status_code, ok.json()["content"]) == (200, [{"type": "text", "text": "ok"}])
-    bad = httpx.post(url, json=body, headers={"x-api-key": "sk-ant-other", "anthropic-version": "2023-06-01"})
-    assert (bad.status_code, bad.json()["error"]["type"]) == (401, "authentication_error")
-
-
-def test_claude_bearer_token_is_checked_too(fake_claude):
-    ok = anthropic.Anthropic(base_url=fake_claude.url, auth_token=KEY, max_retries=0, open_telemetry=False)
-    assert ask_claude(ok).content[0].text == "ok"
-    assert fake_claude.requests[-1].headers["authorization"] == f"Bearer {KEY}"
-    bad = anthropic.Anthropic(base_url=fake_claude.url, auth_token="nope", max_retries=0, open_telemetry=False)
-    with pytest.raises(anthropic.AuthenticationError):
-        ask_claude(bad)
-
-
-def test_claude_missing_key_and_version_and_bad_bodies(fake_claude):
-    url = f"{fake_claude.url}/v1/messages"
-    no_key = httpx.post(url, json={}, headers={"anthropic-version": "2023-06-01"})
-    assert (no_key.status_code, no_key.json()["error"]["message"]) == (401, "x-api-key header is required")
-    no_version = httpx.post(url, json={}, headers={"x-api-key": KEY})
-    assert (no_version.status_code, no_version.json()["error"]["message"]) == (
-        400,
-        "anthropic-version: header is required",
-    )
-    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
-    no_tokens = httpx.post(url, json={"model": SONNET, "messages": HELLO}, headers=headers)
-    assert no_tokens.status_code == 400
-    assert no_tokens.json()["error"] == {"type": "invalid_request_error", "message": "max_tokens: Field required"}
-    assert no_tokens.headers["request-id"] == no_tokens.json()["request_id"]
-    with pytest.raises(anthropic.BadRequestError) as info:
-        claude_client(fake_claude).messages.create(model=SONNET, max_tokens=10, messages=[])
-    assert info.value.body["error"]["message"] == "messages: at least one message is required"
-
-
-def test_claude_streaming_events_and_final_usage(fake_claude):
-    fake_claude.script(SONNET, ClaudeReply(text="streamed answer here", input_tokens=90, output_tokens=33))
-    client = claude_client(fake_claude)
-    with client.messages.stream(model=SONNET, max_tokens=100, messages=HELLO) as stream:
-        pieces = list(stream.text_stream)
-        final = stream.get_final_message()
-    assert len(pieces) > 1
-    assert "".join(pieces) == "streamed answer here"
-    assert final.content[0].text == "streamed answer here"
-    assert (final.usage.input_tokens, final.usage.output_tokens, final.stop_reason) == (90, 33, "end_turn")
-
-    fake_claude.script(SONNET, ClaudeReply(text="x"))
-    events = [e.type for e in client.messages.create(model=SONNET, max_tokens=5, messages=HELLO, stream=True)]
-    assert events == [
-        "message_start",
-        "content_block_start",
-        "content_block_delta",
-        "content_block_stop",
-        "message_delta",
-        "message_stop",
-    ]
 
 
 def test_claude_hang_trips_the_client_timeout(fake_claude):

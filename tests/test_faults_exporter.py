@@ -1,5 +1,6 @@
-"""The real OTel OTLP/HTTP exporter through a proxy that answers 503 and drops connections: every span is in the
-ledger exactly once, and the retries of batches the ledger already held are counted as duplicates, not rows."""
+"""The router's span delivery (the real SDK's batch processor, the on-disk spool, OTLP/HTTP) through a proxy that
+answers 503 and drops connections: every span is in the ledger exactly once, and the resends of batches the ledger
+already held are counted as duplicates, not rows."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from faults.ledger import stored_span_ids, violations
 from faults.metrics import scrape, value
 from faults.otlp import count_spans
 from faults.proxy import DROP_AFTER, DROP_BEFORE, FAULTS, REFUSE_503, REPLACE_503, FlakyProxy
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -21,7 +21,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from collector.service import Collector
 from costline import spans as S
 from costline.config import load_config, with_overrides
-from router.telemetry import ReportingExporter
+from router.delivery import SpoolingExporter
+from router.spool import Spool
 
 TASKS = 60
 ATTEMPTS_PER_TASK = 3
@@ -74,8 +75,8 @@ def run_exporter_through_faults(
     with Collector(_config(ledger)) as collector:
         with FlakyProxy(collector.otlp_url, weights=weights, seed=seed, first=FAULTS) as proxy:
             provider = TracerProvider(resource=Resource.create({"service.name": "fault-suite"}))
-            # ReportingExporter counts the spans of exports that finally failed (retries exhausted).
-            exporter = ReportingExporter(OTLPSpanExporter(endpoint=f"{proxy.url}/v1/traces", timeout=60), proxy.url)
+            spool = Spool(ledger.parent / "spool", max_bytes=64 * 1024 * 1024)
+            exporter = SpoolingExporter(f"{proxy.url}/v1/traces", {}, spool, timeout_s=30)
             provider.add_span_processor(SimpleSpanProcessor(memory))
             provider.add_span_processor(
                 BatchSpanProcessor(
@@ -83,8 +84,13 @@ def run_exporter_through_faults(
                 )
             )
             _emit(provider, tasks, seed)
-            assert provider.force_flush(600_000)
+            assert provider.force_flush(600_000)  # every batch is in the spool
+            # Resend now instead of waiting out the sender's backoff: each pass stops at the first failed send.
+            resends = 0
+            while not exporter.force_flush() and resends < 1000:
+                resends += 1
             provider.shutdown()
+            assert exporter.waiting() == []
         con = collector.connection
         try:
 

@@ -10,11 +10,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from faults.ledger import stored_span_ids, violations
 from faults.metrics import scrape, total, value
 from faults.otlp import Batch, make_batch, post
 from faults.reader import ledger_query
 from faults.serve import ServedCollector
+
+pytestmark = pytest.mark.slow  # rounds of kill -9 on a costline serve under load; CI runs it (make test-slow)
 
 
 @dataclass

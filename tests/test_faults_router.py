@@ -16,6 +16,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from recorded_waits import RecordedWaits
 
 from collector.service import Collector
 from costline.config import Config
@@ -133,29 +134,28 @@ def test_ollama_dying_between_tasks_is_a_connection_failure_not_a_hang(fake_olla
 
 
 @pytest.mark.parametrize(("status", "error_type"), [(429, "rate_limited"), (529, "overloaded")])
-def test_a_claude_storm_is_retried_within_the_hourly_quota_and_no_further(fake_anthropic, config, status, error_type):
+def test_a_claude_storm_is_retried_a_bounded_number_of_times_free_of_charge(fake_anthropic, config, status, error_type):
     fake_anthropic.set_default(CLAUDE, ClaudeError(status, retry_after=0))
-    quota = 5
-    with routed_to_ledger(config(router={"max_retries": 2}, escalation={"max_calls_per_hour": quota})) as (
+    with routed_to_ledger(config(router={"max_retries": 2}, escalation={"max_calls_per_hour": 5})) as (
         router,
         ledger,
     ):
         results = [router.run(Task(f"storm {i}", prefer_escalation=True)) for i in range(3)]
+        headroom = router.usage.headroom()
         rows = ledger()
-    assert len(fake_anthropic.message_requests()) == quota  # retries take quota slots too; never one more
-    assert [[a.error_type for a in r.attempts] for r in results] == [
-        [error_type] * 3,
-        [error_type] * 2 + ["quota_exhausted"],
-        ["quota_exhausted"],
-    ]
-    assert [r.outcome for r in results] == ["failed", "quota_exhausted", "quota_exhausted"]
-    assert all(r.cost_usd == 0 for r in results)
+    # Each task tries 1 + max_retries times and gives up; errors answered before generation are not billed, so they
+    # cost nothing and hold no slot of the hourly quota.
+    assert len(fake_anthropic.message_requests()) == 9
+    assert [[a.error_type for a in r.attempts] for r in results] == [[error_type] * 3] * 3
+    assert [r.outcome for r in results] == ["failed"] * 3
+    assert all(r.cost_usd == 0 for r in results) and headroom.calls_last_hour == 0
     assert rows == expected_rows(results)
 
 
 def test_claude_timeouts_are_bounded_retried_and_recorded(fake_anthropic, config):
     fake_anthropic.set_default(CLAUDE, ClaudeHang(seconds=30))
-    with routed_to_ledger(config(router={"timeout_s": 0.5, "max_retries": 1})) as (router, ledger):
+    with routed_to_ledger(config(router={"max_retries": 1}, escalation={"timeout_s": 0.5})) as (router, ledger):
+        router.waits = RecordedWaits()
         result = router.run(Task("slow claude", prefer_escalation=True))
         rows = ledger()
     assert [a.error_type for a in result.attempts] == ["timeout", "timeout"]
@@ -164,13 +164,16 @@ def test_claude_timeouts_are_bounded_retried_and_recorded(fake_anthropic, config
     assert rows == expected_rows([result])
 
 
-def test_the_daily_budget_stops_escalations_after_the_call_that_spent_it(fake_ollama, fake_anthropic, config):
+def test_the_daily_budget_stops_escalations_that_could_overspend_it(fake_ollama, fake_anthropic, config):
     fake_ollama.set_default(PRIMARY, OllamaError(500))
     fake_ollama.set_default(FALLBACK, OllamaError(503))
-    # 100k input + 20k output tokens on Sonnet 4.6 ($3 / $15 per MTok) = $0.60, above the $0.50 daily budget.
+    # 100k input + 20k output tokens on Sonnet 4.6 ($3 / $15 per MTok) = $0.60. A 100 kB prompt and max_tokens 20k
+    # bound each call at about $0.68: the first fits the $1 budget, the second could overspend it and is refused.
     fake_anthropic.set_default(CLAUDE, ClaudeReply(text="expensive", input_tokens=100_000, output_tokens=20_000))
-    with routed_to_ledger(config(budgets={"daily_usd": 0.5, "monthly_usd": 0})) as (router, ledger):
-        results = [router.run(Task(f"t{i}")) for i in range(3)]
+    context = "x" * 100_000
+    settings = config(escalation={"max_tokens": 20_000}, budgets={"daily_usd": 1.0, "monthly_usd": 0})
+    with routed_to_ledger(settings) as (router, ledger):
+        results = [router.run(Task(f"t{i} {context}")) for i in range(3)]
         rows = ledger()
     assert len(fake_anthropic.message_requests()) == 1
     assert results[0].escalated and results[0].cost_usd == Decimal("0.6")

@@ -9,7 +9,6 @@ import random
 import socket
 import urllib.request
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,11 @@ from collector.mapping import map_spans
 from collector.otlp_decode import DecodeError, decode_json, decode_protobuf
 from collector.price_cache import FastPricer
 from collector.service import Collector
+from costline import spans as S
 from costline.config import load_config, with_overrides
 from costline.pricing import Pricer
 
+FIVE_MINUTES_BEFORE = NOW_NS - 300 * 10**9  # a fixed span time: the live collector stores any time not in the future
 FUZZED: Counter[str] = Counter()  # inputs tried, by kind (bench/soak.py reports them)
 ALLOWED_STATUSES = {200, 400, 413, 415}
 
@@ -70,19 +71,19 @@ def _decode_and_map(decode: Any, body: bytes) -> None:
 def fuzz_decode(examples: int) -> None:
     """Protobuf and JSON bodies (valid, absurd, damaged, random) straight through decode and mapping."""
 
-    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(body=protobuf_payload)
     def protobuf(body: bytes) -> None:
         FUZZED["protobuf decode+map"] += 1
         _decode_and_map(decode_protobuf, body)
 
-    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(body=json_payload)
     def as_json(body: bytes) -> None:
         FUZZED["json decode+map"] += 1
         _decode_and_map(decode_json, body)
 
-    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(spans=spans_list)
     def both_agree(spans: list[dict[str, Any]]) -> None:
         """A well-formed request maps the same whichever encoding carried it."""
@@ -114,7 +115,7 @@ def fuzz_http(collector: Collector, examples: int) -> Counter[int]:
     url = f"{collector.otlp_url}/v1/traces"
     statuses: Counter[int] = Counter()
 
-    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(payload=http_payload, encoding=st.sampled_from(["identity", "gzip", "truncated-gzip"]))
     def request(payload: tuple[str, bytes], encoding: str) -> None:
         FUZZED["http requests"] += 1
@@ -201,8 +202,7 @@ def test_huge_attribute_values_are_cut_or_rejected_never_stored_whole(tmp_path: 
         "end": 0,
         "status": 1,
     }
-    now = datetime.now(UTC)
-    start = int((now - timedelta(minutes=5)).timestamp()) * 1_000_000_000
+    start = FIVE_MINUTES_BEFORE
     big = "y" * (1024 * 1024)
     ok = {
         **span,
@@ -231,7 +231,7 @@ def test_huge_attribute_values_are_cut_or_rejected_never_stored_whole(tmp_path: 
 def test_a_list_or_map_where_a_name_belongs_is_accounted_not_a_dropped_connection(tmp_path: Path) -> None:
     """Found by the fuzzer: an array-valued gen_ai.operation.name used to raise in the mapping (unhashable list),
     so the receiver dropped the connection and the exporter retried a batch that could never succeed."""
-    start = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp()) * 1_000_000_000
+    start = FIVE_MINUTES_BEFORE
     base = {"parent_span_id": b"", "name": "chat", "kind": 3, "start": start, "end": start + 10**9, "status": 1}
     spans = [
         {
@@ -263,7 +263,7 @@ def test_a_list_or_map_where_a_name_belongs_is_accounted_not_a_dropped_connectio
 def test_an_absurd_carried_cost_is_dropped_and_the_call_still_accounted(tmp_path: Path) -> None:
     """Found by the fuzzer: gen_ai.usage.cost = 1e30 made Decimal.quantize raise, and the whole span (tokens and
     all) was rejected; a carried cost out of the ledger's range is ignored like any other unusable carried cost."""
-    start = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp()) * 1_000_000_000
+    start = FIVE_MINUTES_BEFORE
     spans = [
         {
             "trace_id": bytes(range(1, 17)),
@@ -296,3 +296,35 @@ def test_an_absurd_carried_cost_is_dropped_and_the_call_still_accounted(tmp_path
             con.close()
     ids = [bytes([n, 9, 9, 9, 9, 9, 9, 9]).hex() for n in (1, 2, 3, 4)]
     assert stored == [(ids[0], 10, None), (ids[1], 10, None), (ids[2], 10, None), (ids[3], 10, Decimal("0.25"))]
+
+
+def test_a_span_re_sent_is_stored_once_and_another_span_reusing_its_ids_is_kept(tmp_path: Path) -> None:
+    """Found by the fuzzer, whose examples draw colliding ids against one collector: a re-sent span (same ids, same
+    start time) is a duplicate, but a different span that reuses the ids is another call, and is accounted."""
+
+    def task_span(start: int) -> dict[str, Any]:
+        return {
+            "trace_id": bytes(15) + b"\x01",
+            "span_id": bytes(7) + b"\x01",
+            "parent_span_id": b"",
+            "name": "task general",
+            "kind": 1,
+            "start": start,
+            "end": start + 10**9,
+            "status": 1,
+            "attributes": {S.TASK_ID: "t1", S.TASK_TYPE: "general"},
+        }
+
+    with Collector(_config(tmp_path / "ledger.duckdb")) as collector:
+        url = f"{collector.otlp_url}/v1/traces"
+        for start in (FIVE_MINUTES_BEFORE, FIVE_MINUTES_BEFORE, FIVE_MINUTES_BEFORE - 3_600 * 10**9):
+            assert post(url, to_protobuf([task_span(start)])).status == 200
+        con = collector.connection
+        try:
+            stored = con.execute("SELECT start_time FROM tasks ORDER BY start_time").fetchall()
+            assert violations(lambda sql: con.execute(sql).fetchall()) == {}
+        finally:
+            con.close()
+        metrics = scrape(collector.metrics_url)
+    assert len(stored) == 2
+    assert value(metrics, "costline_ingest_spans_total", result="duplicate") == 1

@@ -198,6 +198,10 @@ def test_dashboards_and_rules_against_a_real_prometheus(tmp_path: Path, monkeypa
         collector = stack.enter_context(
             Collector(with_overrides(base, budgets={"daily_usd": 1000.0, "monthly_usd": MONTHLY_TEST_BUDGET}))
         )
+        # The budget gauges count from the start of the month the test began in, so a run that crosses into a new
+        # month (or day) still compares the gauge with every escalation it made.
+        began = datetime.now(UTC)
+        collector.metrics.clock = lambda: began
 
         # Phase 1, before Prometheus starts: every series the dashboards read exists at its first scrape.
         phase1 = _run_phase(base, collector, 1)
@@ -277,7 +281,8 @@ def test_dashboards_and_rules_against_a_real_prometheus(tmp_path: Path, monkeypa
         # The spend alert with the tiny monthly budget fires, on the collector's gauge, which matches the ledger.
         spent = _ledger(
             collector,
-            "SELECT sum(cost_usd) FROM attempts WHERE tier = 'escalation' AND start_time >= date_trunc('month', now())",
+            "SELECT sum(cost_usd) FROM attempts WHERE tier = 'escalation' AND start_time >= ?",
+            [began.replace(day=1, hour=0, minute=0, second=0, microsecond=0)],
         )[0][0]
         assert float(spent) > MONTHLY_TEST_BUDGET
         gauge = 'costline_budget_spent_usd{period="monthly"}'

@@ -15,7 +15,7 @@ import time
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,15 +28,23 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Tracer
-from test_collector_support import LOCAL, attempt, collector_config, samples, scrape, task
+from test_collector_support import LOCAL, NOW, attempt, collector_config, samples, scrape, task
 from typer.testing import CliRunner
 
 from collector.service import Collector
+from costline import clock
 from costline import spans as S
 from costline.cli import app
 from costline.ledger_reader import LedgerReader, LedgerSource
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def stopped_clock() -> Iterator[None]:
+    """The workload happens in the hour before NOW, and the reports' --since windows end at NOW."""
+    with clock.pinned(NOW):
+        yield
 
 
 def send_workload(tracer: Tracer, now: datetime) -> None:
@@ -131,7 +139,7 @@ def running(tmp_path: Path) -> Iterator[tuple[Collector, Path]]:
     try:
         provider = TracerProvider(resource=Resource.create({"service.name": "costline-router"}))
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{collector.otlp_url}/v1/traces")))
-        send_workload(provider.get_tracer("reports-test"), datetime.now(UTC))
+        send_workload(provider.get_tracer("reports-test"), NOW)
         provider.shutdown()  # flushes: every span is acknowledged, so durable in the ledger
         port = int(collector.metrics_url.rsplit(":", 1)[1])
         yield collector, write_config(tmp_path, ledger, metrics_port=port)
@@ -236,7 +244,7 @@ def test_cli_reads_through_a_collector_in_another_process(tmp_path: Path) -> Non
         provider = TracerProvider(resource=Resource.create({"service.name": "costline-router"}))
         exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{otlp_port}/v1/traces")
         provider.add_span_processor(BatchSpanProcessor(exporter))
-        send_workload(provider.get_tracer("reports-test"), datetime.now(UTC))
+        send_workload(provider.get_tracer("reports-test"), NOW)
         provider.shutdown()
 
         reader = LedgerReader(LedgerSource(ledger, f"http://127.0.0.1:{metrics_port}"))

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from ledger_fixtures import NOW, attempt, scenario, write_config, write_ledger
 from typer.testing import CliRunner
 
+from costline import clock
 from costline.cli import app
 
 runner = CliRunner()
@@ -25,11 +27,12 @@ def run(*args: str) -> Any:
 
 
 @pytest.fixture
-def recent(tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
-    """A ledger whose rows sit at fixed distances before the real now (for --since windows)."""
-    rows = scenario(datetime.now(UTC)).attempts
-    ledger = write_ledger(tmp_path / "ledger.duckdb", rows, scenario(datetime.now(UTC)).tasks)
-    return write_config(tmp_path, ledger), rows
+def recent(tmp_path: Path) -> Iterator[tuple[Path, list[dict[str, Any]]]]:
+    """A ledger whose rows sit at fixed distances before NOW, with the clock stopped at NOW (for --since windows)."""
+    data = scenario(NOW)
+    ledger = write_ledger(tmp_path / "ledger.duckdb", data.attempts, data.tasks)
+    with clock.pinned(NOW):
+        yield write_config(tmp_path, ledger), data.attempts
 
 
 @pytest.fixture
@@ -74,7 +77,7 @@ def report_json(*args: str) -> dict[str, Any]:
 
 def test_total_for_30_days_reconciles_with_the_ledger_rows(recent: tuple[Path, list[dict[str, Any]]]) -> None:
     config, rows = recent
-    in_window = [r for r in rows if r["start_time"] > datetime.now(UTC) - timedelta(days=30)]
+    in_window = [r for r in rows if r["start_time"] > NOW - timedelta(days=30)]
     assert len(in_window) == len(rows) - 1  # the 40-day-old row is outside
     want = expected(in_window)[()]
     doc = report_json("--since", "30d", "-c", str(config))
@@ -93,7 +96,7 @@ def test_since_24h_keeps_only_the_last_day(recent: tuple[Path, list[dict[str, An
     config, rows = recent
     doc = report_json("--since", "24h", "--by", "model", "-c", str(config))
     got = {row["model"]: row for row in doc["tables"]["cost"]["rows"]}
-    cutoff = datetime.now(UTC) - timedelta(hours=24)
+    cutoff = NOW - timedelta(hours=24)
     want = expected([r for r in rows if r["start_time"] > cutoff], model_of)
     assert (
         set(got)

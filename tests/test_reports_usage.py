@@ -7,7 +7,7 @@ exporter to a real collector, and records escalations in its usage store; then b
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from typer.testing import CliRunner
 
 from collector.service import Collector
+from costline import clock
 from costline.cli import app
 from costline.demo.fake_anthropic import ClaudeReply
 from costline.demo.fake_ollama import OllamaError
@@ -44,6 +45,9 @@ def test_usage_and_reports_agree_for_today(fake_ollama, fake_anthropic, make_con
     fake_anthropic.set_default(
         "claude-sonnet-4-6", ClaudeReply(input_tokens=900, output_tokens=350, cache_read_input_tokens=1200)
     )
+    # The router and its spans run on the real clock; both commands are asked about the day the workload began,
+    # with the clock stopped then, so a run that crosses midnight still sees every escalation on both sides.
+    started = datetime.now(UTC)
     with Collector(config) as collector:
         provider = TracerProvider(resource=Resource.create({"service.name": "costline-router"}))
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{collector.otlp_url}/v1/traces")))
@@ -61,10 +65,12 @@ def test_usage_and_reports_agree_for_today(fake_ollama, fake_anthropic, make_con
     cli_config = write_config(
         tmp_path, ledger, extra=f'[escalation]\nmax_calls_per_hour = 3\nbase_url = "{fake_anthropic.url}"\n'
     )
-    today = datetime.now(UTC).date().isoformat()
-    usage = cli_json("usage", "-c", str(cli_config))
-    escalations = cli_json("report", "escalations", "--from", today, "-c", str(cli_config))
-    by_tier = cli_json("report", "--from", today, "--by", "tier", "-c", str(cli_config))
+    day, next_day = started.date().isoformat(), (started + timedelta(days=1)).date().isoformat()
+    with clock.pinned(started):
+        usage = cli_json("usage", "-c", str(cli_config))
+        escalations = cli_json("report", "escalations", "--from", day, "--to", next_day, "-c", str(cli_config))
+        by_tier = cli_json("report", "--from", day, "--to", next_day, "--by", "tier", "-c", str(cli_config))
+    assert usage["date"] == day
     assert usage["usage_db"] == str(tmp_path / "usage.sqlite")
 
     from_usage = {

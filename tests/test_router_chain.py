@@ -270,7 +270,7 @@ def test_chain_running_out_before_the_threshold_escalates(fake_ollama, fake_anth
     config = make_config(router={"models": [PRIMARY]}, escalation={"threshold": 3})
     with Router(config, tracer_provider=tracer_provider) as router:
         result = router.run(Task("x"))
-    assert result.ok and [a.escalation_reason for a in result.attempts] == [None, "threshold"]
+    assert result.ok and [a.escalation_reason for a in result.attempts] == [None, "exhausted"]
 
 
 def test_arun_walks_the_same_chain(fake_ollama, fake_anthropic, make_config, tracer_provider, spans):

@@ -95,6 +95,17 @@ def test_route_exits_3_when_the_quota_refuses(config_file, fake_anthropic):
     assert "quota_exhausted" in refused.stderr.splitlines()[0]
 
 
+def test_route_shows_a_truncated_answer_and_exits_1(config_file, fake_anthropic):
+    fake_anthropic.script("claude-sonnet-4-6", ClaudeReply(text="the first half", output_tokens=9000))
+    path = config_file(escalation="max_tokens = 512")
+    result = runner.invoke(app, ["route", "x", "--claude", "--config", str(path)])
+    assert result.exit_code == 1
+    assert result.stdout == "the first half\n"
+    flat = " ".join(result.stderr.split())
+    assert "claude-sonnet-4-6 truncated) · " in flat and "· escalated (requested) · truncated" in flat
+    assert "error: escalation to claude-sonnet-4-6 failed: claude-sonnet-4-6 stopped at escalation.max_tokens" in flat
+
+
 @pytest.mark.parametrize(
     ("section", "line", "expected"),
     [

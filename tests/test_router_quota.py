@@ -9,16 +9,15 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import StatusCode
+from router_processes import escalate_in_processes
 
 from costline import spans as attr
-from costline.config import Config
 from costline.demo.fake_anthropic import ClaudeReply
 from costline.demo.fake_ollama import OllamaError, OllamaReply
 from costline.pricing import TokenUsage
 from router import Router, Task
-from router.usage_store import Limits, Refusal, Reservation, UsageStore
+from router.usage_store import Limits, Refusal, Reservation, Settlement, UsageStore
 
 PRIMARY = "qwen2.5-coder:14b"
 
@@ -70,26 +69,12 @@ def test_a_restart_forgets_nothing(fake_anthropic, make_config, tracer_provider)
     assert result.error.startswith("escalation quota reached (2/h)")
 
 
-def _escalate_in_child(config: Config, tasks: int, barrier, results) -> None:
-    barrier.wait()  # both processes start escalating together
-    with Router(config, tracer_provider=TracerProvider()) as router:
-        results.put([router.run(Task(f"child {i}", prefer_escalation=True)).outcome for i in range(tasks)])
-
-
 def test_two_processes_share_one_quota(fake_anthropic, make_config):
     # Slow answers keep both processes' calls in flight together, so the slot reservations really race.
     fake_anthropic.set_default("claude-sonnet-4-6", ClaudeReply(delay_s=0.05))
     config = make_config(escalation={"max_calls_per_hour": 5})
-    ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(2), ctx.Queue()
-    children = [ctx.Process(target=_escalate_in_child, args=(config, 4, barrier, results)) for _ in range(2)]
-    for child in children:
-        child.start()
-    outcomes = [outcome for _ in children for outcome in results.get(timeout=120)]
-    for child in children:
-        child.join(timeout=30)
-        assert child.exitcode == 0
-    assert sorted(outcomes) == ["completed"] * 5 + ["quota_exhausted"] * 3
+    outcomes = escalate_in_processes([config, config], "child", 4)
+    assert sorted(outcome for outcome, _ in outcomes) == ["completed"] * 5 + ["quota_exhausted"] * 3
     assert len(fake_anthropic.message_requests()) == 5
 
 
@@ -100,25 +85,36 @@ def test_exhausted_daily_budget_blocks_escalation_but_not_local_models(
         "claude-sonnet-4-5",
         ClaudeReply(input_tokens=700, cache_read_input_tokens=200, cache_creation_input_tokens=100, output_tokens=500),
     )
-    config = make_config(escalation={"model": "claude-sonnet-4-5"}, budgets={"daily_usd": 0.01})
+    # A 1,000-byte prompt and max_tokens 600 bound the call at $0.01302 on Sonnet 4.5 ($3.75 cache write / $15 out).
+    prompt = "x" * 1000
+    config = make_config(
+        escalation={"model": "claude-sonnet-4-5", "max_tokens": 600}, budgets={"daily_usd": 0.015, "monthly_usd": 0}
+    )
     with Router(config, tracer_provider=tracer_provider) as router:
-        spent = router.run(Task("x", prefer_escalation=True))  # $0.010035: the day's budget is now used up
-        blocked = router.run(Task("x", prefer_escalation=True))
+        spent = router.run(Task(prompt, prefer_escalation=True))  # $0.010035: no room left for another bound
+        blocked = router.run(Task(prompt, prefer_escalation=True))
         fake_ollama.script(PRIMARY, OllamaReply(content="local answer"))
         local = router.run(Task("y"))
         fake_ollama.script(PRIMARY, OllamaError(500))
         fake_ollama.script("qwen3:30b-a3b", OllamaError(500))
         fake_ollama.script("llama3.1:70b", OllamaError(500))
-        exhausted = router.run(Task("z"))
+        exhausted = router.run(Task(prompt))
 
     assert spent.ok and spent.cost_usd == Decimal("0.010035")
-    assert blocked.outcome == "quota_exhausted"
-    assert blocked.error == "daily budget reached ($0.01 spent of $0.01); resets at 00:00 UTC"
+    assert blocked.outcome == "budget_exhausted"
+    refusal = (
+        "daily budget of $0.0150 reached: $0.0100 spent + $0.0000 reserved by calls in flight, and this call may "
+        "cost up to $0.0130; resets at 00:00 UTC"
+    )
+    assert blocked.error == refusal
     (span,) = spans.attempts(blocked.task_id)
     assert span.attributes[attr.ERROR_TYPE] == "budget_exhausted"
+    assert spans.task(blocked.task_id).attributes[attr.TASK_OUTCOME] == "budget_exhausted"
     assert local.ok and local.text == "local answer"
-    assert exhausted.outcome == "quota_exhausted" and len(exhausted.attempts) == 4
-    assert exhausted.error.startswith("daily budget reached ($0.01 spent of $0.01); resets at 00:00 UTC — attempts:")
+    assert exhausted.outcome == "budget_exhausted" and len(exhausted.attempts) == 4
+    # Its bound is higher: Claude would also read what the three local models did wrong.
+    assert exhausted.error.startswith("daily budget of $0.0150 reached: $0.0100 spent + $0.0000 reserved by calls")
+    assert " — attempts: qwen2.5-coder:14b: server_error" in exhausted.error
     assert len(fake_anthropic.message_requests()) == 1
 
 
@@ -151,31 +147,38 @@ def test_rolling_window_says_when_the_oldest_call_ages_out(tmp_path):
 def test_daily_budget_resets_at_utc_midnight_and_monthly_on_the_first(tmp_path):
     clock = Clock(datetime(2026, 3, 31, 23, 0, tzinfo=UTC))
     store = _store(tmp_path, clock, calls=100, daily="1", monthly="1.5")
-    reservation = store.reserve("a", "threshold", "m")
-    store.record(reservation, ok=True, usage=TokenUsage(10, 10), cost_usd=Decimal("1.00"))
-    assert store.reserve("b", "threshold", "m") == Refusal(
-        "budget_exhausted", "daily budget reached ($1.00 spent of $1.00); resets at 00:00 UTC"
+    bound = Decimal("0.25")
+
+    def spend(cost: str) -> None:
+        reservation = store.reserve("t", "threshold", "m", bound_usd=bound)
+        store.settle(reservation, Settlement("succeeded", TokenUsage(10, 10), Decimal(cost)))
+
+    spend("0.80")
+    assert store.reserve("b", "threshold", "m", bound_usd=bound) == Refusal(
+        "budget_exhausted",
+        "daily budget of $1.00 reached: $0.8000 spent + $0.0000 reserved by calls in flight, and this call may cost "
+        "up to $0.2500; resets at 00:00 UTC",
     )
     clock.now = datetime(2026, 4, 1, 0, 0, 1, tzinfo=UTC)
-    reservation = store.reserve("c", "threshold", "m")
-    store.record(reservation, ok=True, usage=TokenUsage(10, 10), cost_usd=Decimal("0.75"))
+    spend("0.60")
     clock.now = datetime(2026, 4, 2, 9, 0, tzinfo=UTC)
-    reservation = store.reserve("d", "threshold", "m")
-    store.record(reservation, ok=True, usage=TokenUsage(10, 10), cost_usd=Decimal("0.75"))
-    assert store.reserve("e", "threshold", "m") == Refusal(
-        "budget_exhausted", "monthly budget reached ($1.50 spent of $1.50); resets on 2026-05-01 at 00:00 UTC"
+    spend("0.70")
+    assert store.reserve("e", "threshold", "m", bound_usd=bound) == Refusal(
+        "budget_exhausted",
+        "monthly budget of $1.50 reached: $1.30 spent + $0.0000 reserved by calls in flight, and this call may cost "
+        "up to $0.2500; resets on 2026-05-01 at 00:00 UTC",
     )
     headroom = store.headroom()
-    assert (headroom.spent_today_usd, headroom.spent_month_usd) == (Decimal("0.75"), Decimal("1.50"))
+    assert (headroom.spent_today_usd, headroom.spent_month_usd) == (Decimal("0.70"), Decimal("1.30"))
 
 
 def test_usage_today_groups_calls_by_reason(tmp_path):
     clock = Clock(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
     store = _store(tmp_path, clock, calls=2)
     ok = store.reserve("a", "threshold", "m")
-    store.record(ok, ok=True, usage=TokenUsage(1000, 500, 200, 100), cost_usd=Decimal("0.010035"))
+    store.settle(ok, Settlement("succeeded", TokenUsage(1000, 500, 200, 100), Decimal("0.010035")))
     failed = store.reserve("b", "critical", "m")
-    store.record(failed, ok=False, usage=TokenUsage(), cost_usd=Decimal(0), error_type="rate_limited")
+    store.settle(failed, Settlement("failed", TokenUsage(), Decimal(0), "stream_error"))
     store.reserve("c", "critical", "m")  # refused: the quota is 2
     by_reason = {row.reason: row for row in store.usage_today()}
     assert (by_reason["threshold"].calls, by_reason["threshold"].succeeded) == (1, 1)
@@ -217,7 +220,8 @@ def _open_store_in_child(path: str, barrier, results) -> None:
 def test_router_processes_starting_together_all_open_a_fresh_usage_store(tmp_path):
     # Switching a new file to WAL and creating its tables take write locks; SQLite answers "database is locked" at
     # once (without waiting out the busy timeout) when two connections race for them. Each round is a fresh file.
-    ctx = multiprocessing.get_context("spawn")
+    # Forked children start in milliseconds with the modules already imported, so they really start together.
+    ctx = multiprocessing.get_context("fork")
     for round_ in range(3):
         barrier, results = ctx.Barrier(6), ctx.Queue()
         path = str(tmp_path / f"usage-{round_}.sqlite")

@@ -142,6 +142,7 @@ ledger = "{served.ledger}"
     return path
 
 
+@pytest.mark.slow
 def test_a_full_route_collect_report_run_leaks_no_secret_anywhere(tmp_path: Path) -> None:
     outputs: dict[str, bytes] = {}
     ledger = tmp_path / "ledger.duckdb"

@@ -18,6 +18,7 @@ from costline.cli.app import app, console, fail
 from costline.cli.report import ReportFormat, render_report
 from costline.demo.profiles import CLAUDE_PROFILE, LOCAL_PROFILES, SPEEDUP
 from costline.ledger_reader import LedgerError
+from costline.spans import OUTCOME_BUDGET_EXHAUSTED, OUTCOME_CANCELLED, OUTCOME_TRUNCATED
 
 if TYPE_CHECKING:
     from costline.demo.run import DemoRun
@@ -98,10 +99,16 @@ def _routing_line(run: DemoRun) -> str:
     outcomes = run.outcomes()
     escalated = sum(r.escalated for r in run.results if r.outcome == "completed")
     local = outcomes["completed"] - escalated
+    # Outcomes this workload rarely or never has are named only when they happened.
+    others = "".join(
+        f", {outcomes[o]} {o.replace('_', ' ')}"
+        for o in (OUTCOME_BUDGET_EXHAUSTED, OUTCOME_TRUNCATED, OUTCOME_CANCELLED)
+        if outcomes[o]
+    )
     return (
         f"Routed {len(run.results)} tasks ({run.attempts} attempts) in {run.elapsed_s:.1f} s, "
         f"{run.options.concurrency} at a time: {local} completed locally, {escalated} completed on Claude, "
-        f"{outcomes['quota_exhausted']} refused by the quota, {outcomes['failed']} failed."
+        f"{outcomes['quota_exhausted']} refused by the quota, {outcomes['failed']} failed{others}."
     )
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -10,6 +13,7 @@ from rich.text import Text
 
 from costline.cli.app import ConfigOption, app, err_console, fail, load_or_exit
 from costline.config import ConfigError
+from costline.spans import OUTCOME_BUDGET_EXHAUSTED, OUTCOME_QUOTA_EXHAUSTED
 
 if TYPE_CHECKING:
     from router.task import TaskResult
@@ -17,6 +21,26 @@ if TYPE_CHECKING:
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_REFUSED = 3  # quota or budget refused the escalation the task needed
+EXIT_CANCELLED = 130  # Ctrl-C, as shells report SIGINT
+EXIT_TERMINATED = 143  # SIGTERM
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the router is, so that the call in flight is booked as on Ctrl-C."""
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    def terminated(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 EXPORT_TIMEOUT_S = 2.0
 
 
@@ -37,9 +61,10 @@ def route(
     from router.telemetry import build_tracer_provider
 
     cfg = load_or_exit(config)
+    interrupted: int | None = None  # the exit status of a Ctrl-C or SIGTERM
     # A short export deadline: a missing collector must not hold the answer back for long.
     provider, exporter = build_tracer_provider(cfg, export_timeout_s=EXPORT_TIMEOUT_S)
-    logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)  # one warning below instead
+    logging.getLogger("router.delivery").setLevel(logging.ERROR)  # one warning below instead
     try:
         try:
             router = Router(cfg, tracer_provider=provider)
@@ -49,21 +74,38 @@ def route(
             task = Task(
                 prompt, type=task_type, system=system, critical=True if critical else None, prefer_escalation=claude
             )
-            result = router.run(task)
+            try:
+                with _terminate_as_interrupt():
+                    result = router.run(task)
+            except KeyboardInterrupt:
+                interrupted = EXIT_CANCELLED
+            except _Terminated:
+                interrupted = EXIT_TERMINATED
     finally:
         provider.shutdown()
-    if result.ok:
+    if interrupted is not None:
+        fail(f"cancelled: task {task.id} is booked as cancelled (costline usage shows its cost)", code=interrupted)
+    if result.text is not None:  # a truncated answer is shown too, and the task still fails
         typer.echo(result.text)
     err_console.print(summary_line(result), highlight=False, soft_wrap=True)
+    if waiting := exporter.waiting():
+        err_console.print(
+            f"warning: the collector at {exporter.endpoint} did not take the spans ({exporter.last_error}); "
+            f"{len(waiting)} batches wait in {exporter.spool.directory} and are sent by the next costline route or "
+            "router that reaches it (is costline serve running? or set telemetry.otlp_endpoint)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if exporter.spans_lost:
         err_console.print(
-            f"warning: {exporter.spans_lost} spans were not exported to {exporter.endpoint}; is the collector "
-            "running? (costline serve, or set telemetry.otlp_endpoint)",
+            f"warning: {exporter.spans_lost} spans were dropped: the spool {exporter.spool.directory} is full "
+            "(telemetry.spool_max_mb)",
             highlight=False,
             soft_wrap=True,
         )
     if not result.ok:
-        fail(result.error or result.outcome, code=EXIT_REFUSED if result.outcome == "quota_exhausted" else EXIT_FAILED)
+        refused = result.outcome in (OUTCOME_QUOTA_EXHAUSTED, OUTCOME_BUDGET_EXHAUSTED)
+        fail(result.error or result.outcome, code=EXIT_REFUSED if refused else EXIT_FAILED)
 
 
 def summary_line(result: TaskResult) -> Text:

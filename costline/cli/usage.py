@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -12,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from costline import clock
 from costline.cli.app import ConfigOption, app, console, load_or_exit
 
 
@@ -26,20 +26,19 @@ def usage(
     config: ConfigOption = None,
 ) -> None:
     """Today's (UTC) escalations, tokens and cost by reason, with quota and budget headroom."""
-    from router.usage_store import Headroom, Limits, UsageStore
+    from router.usage_store import Headroom, Limits, open_usage_store
 
     cfg = load_or_exit(config)
     limits = Limits.from_config(cfg)
-    path = cfg.usage_db_path
-    if path.exists():
-        store = UsageStore(path, limits)
+    if cfg.usage_db_shared or cfg.usage_db_path.exists():
+        store = open_usage_store(cfg, clock=clock.now)
         rows, headroom = store.usage_today(), store.headroom()
     else:  # nothing escalated yet on this machine; do not create the file just to read it
         rows = []
         headroom = Headroom(
             0, limits.max_calls_per_hour, None, Decimal(0), limits.daily_usd, Decimal(0), limits.monthly_usd
         )
-    report = _report(rows, headroom, str(path))
+    report = _report(rows, headroom, str(cfg.usage_db_location))
     if output is Format.json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -82,11 +81,12 @@ def _report(rows: list, headroom: Any, path: str) -> dict[str, Any]:
     ):
         budgets[period] = {
             "limit_usd": float(limit) if limit > 0 else None,
-            "spent_usd": float(spent),
+            "spent_usd": float(spent),  # settled calls plus the reservations of calls in flight
             "headroom_ratio": _ratio(float(spent), float(limit)) if limit > 0 else None,
         }
+    in_flight = float(h.reserved_usd)
     return {
-        "date": datetime.now(UTC).date().isoformat(),
+        "date": clock.now().date().isoformat(),
         "usage_db": path,
         "escalations": escalations,
         "total": total,
@@ -98,6 +98,7 @@ def _report(rows: list, headroom: Any, path: str) -> dict[str, Any]:
             "next_slot_at": h.next_slot_at.isoformat() if h.next_slot_at else None,
         },
         "budgets": budgets,
+        "reserved_in_flight_usd": in_flight,
     }
 
 
@@ -141,3 +142,9 @@ def _print_tables(report: dict[str, Any]) -> None:
                 resets,
             )
     console.print(limits)
+    if report["reserved_in_flight_usd"]:
+        console.print(
+            f"spent includes ${report['reserved_in_flight_usd']:.4f} reserved by calls in flight (their upper bound "
+            "until they return)",
+            highlight=False,
+        )

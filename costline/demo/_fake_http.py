@@ -60,6 +60,7 @@ class BehaviourScripts(Generic[B]):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # stop() must not wait for a handler that is simulating a hang
+    request_queue_size = 1024  # a listen backlog like real servers' (socketserver's default of 5 refuses bursts)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that goes away (a timeout, Ctrl-C) is business as usual for a simulated backend.

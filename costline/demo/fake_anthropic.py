@@ -20,7 +20,7 @@ import json
 import secrets
 import string
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from costline.demo._fake_http import BehaviourScripts, Exchange, FakeHTTPServer, RecordedRequest
@@ -38,6 +38,7 @@ class ClaudeReply:
     stop_reason: str = "end_turn"
     delay_s: float = 0.0
     model: str | None = None  # default: echo the request's model
+    stall_s: float = 0.0  # streaming: after message_start, send nothing for this long (an answer that stalls)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,13 @@ _STREAM_PIECES = 4
 
 def _token(prefix: str, length: int) -> str:
     return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def _within_max_tokens(reply: ClaudeReply, max_tokens: int) -> ClaudeReply:
+    """The API stops generating at the request's max_tokens and says so with stop_reason "max_tokens"."""
+    if reply.output_tokens <= max_tokens:
+        return reply
+    return replace(reply, output_tokens=max_tokens, stop_reason="max_tokens")
 
 
 def _split(text: str, parts: int) -> list[str]:
@@ -139,10 +147,11 @@ class FakeAnthropic(FakeHTTPServer):
                 exchange.pause(seconds)
                 exchange.drop_connection()
             case ClaudeReply() if body.get("stream") is True:
-                self._stream(exchange, request_id, model, behaviour)
+                self._stream(exchange, request_id, model, _within_max_tokens(behaviour, body["max_tokens"]))
             case ClaudeReply():
-                if exchange.pause(behaviour.delay_s):
-                    exchange.send_json(200, self._message(model, behaviour), {"request-id": request_id})
+                reply = _within_max_tokens(behaviour, body["max_tokens"])
+                if exchange.pause(reply.delay_s):
+                    exchange.send_json(200, self._message(model, reply), {"request-id": request_id})
                 else:
                     exchange.drop_connection()
             case _:
@@ -244,6 +253,9 @@ class FakeAnthropic(FakeHTTPServer):
         block = {"type": "text", "text": ""}
         event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
         event("ping", {"type": "ping"})
+        if not exchange.pause(reply.stall_s):
+            exchange.drop_connection()
+            return
         for piece in pieces:
             if not exchange.pause(pause):
                 exchange.drop_connection()

@@ -53,6 +53,8 @@ class OllamaReply:
     eval_duration_s: float = 0.8
     delay_s: float = 0.0  # real wall delay before answering
     chunks: int = 4  # NDJSON content chunks when streaming
+    # "stop", or "length" when the answer hit num_predict or the context size (Ollama's api.md, "done_reason")
+    done_reason: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,7 @@ class FakeOllama(FakeHTTPServer):
             "model": model,
             "created_at": _now(),
             "message": {"role": "assistant", "content": content},
-            "done_reason": "stop",
+            "done_reason": reply.done_reason,
             "done": True,
             "total_duration": _LOAD_DURATION_NS + prompt_ns + eval_ns + 2_500_000,
             "load_duration": _LOAD_DURATION_NS,

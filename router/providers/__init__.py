@@ -19,6 +19,21 @@ class Reply:
     compute_seconds: float | None = None  # local models only
 
 
+@dataclass
+class CallProgress:
+    """What a call has learned so far, updated as its answer streams in.
+
+    The router reads it when a call ends early (cancelled, interrupted, broken off) to account for what it knows:
+    the usage seen so far, and whether the model began answering, which is when a cloud call may be billed.
+    """
+
+    usage: TokenUsage | None = None  # the usage reported so far; final once ``complete``
+    complete: bool = False  # the final usage arrived
+    answering: bool = False  # the backend accepted the request and began its answer
+    response_model: str | None = None
+    response_id: str | None = None
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """The backend a provider talks to, for ``server.address`` / ``server.port``."""

@@ -1,4 +1,8 @@
-"""Claude through the real ``anthropic`` client.
+"""Claude through the real ``anthropic`` client, streamed.
+
+Streaming lets a long answer finish within ``escalation.timeout_s`` (each read waits at most that long, and so does
+the whole answer), and tells the router what a call used even when it ends early: ``message_start`` carries the
+input usage, ``message_delta`` the output, ``message_stop`` says the usage is final.
 
 The router owns retries (``max_retries=0``: every HTTP call is one attempt span) and the spans (the SDK's own
 OpenTelemetry spans are off, so one call is never counted twice). The API key comes from ``ANTHROPIC_API_KEY`` only.
@@ -6,8 +10,10 @@ OpenTelemetry spans are off, so one call is never counted twice). The API key co
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,10 +21,15 @@ import anthropic
 
 from costline.pricing import TokenUsage
 from router.errors import ProviderFailure, classify_anthropic
-from router.providers import Endpoint, LazyClients, Reply
+from router.providers import CallProgress, Endpoint, LazyClients, Reply
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 MISSING_KEY = "ANTHROPIC_API_KEY is not set; export it to let the router escalate to Claude"
+STOP_MAX_TOKENS = "max_tokens"
+# Tokens the Messages API may add around the request's own text (role turns, system framing). A generous bound: the
+# request's UTF-8 bytes already exceed its token count, since every token covers at least one byte.
+_FRAMING_TOKENS = 64
+_TOKENS_PER_MESSAGE = 8
 
 
 class AnthropicProvider(LazyClients):
@@ -33,16 +44,23 @@ class AnthropicProvider(LazyClients):
         self._lock = threading.Lock()  # run() may be called from several threads
         self._async_client: anthropic.AsyncAnthropic | None = None
 
-    def credentials_problem(self) -> ProviderFailure | None:
+    def credentials_problem(self) -> str | None:
         """Checked before an escalation takes a quota slot: without a key no call can succeed."""
-        if not os.environ.get("ANTHROPIC_API_KEY"):
-            return ProviderFailure("authentication", MISSING_KEY)
-        return None
+        return None if os.environ.get("ANTHROPIC_API_KEY") else MISSING_KEY
+
+    def usage_bound(self, system: str | None, messages: Sequence[Mapping[str, Any]]) -> TokenUsage:
+        """The most a request can use: input bounded by its size, output by ``max_tokens``."""
+        size = len(system.encode()) if system else 0
+        for message in messages:
+            content = message["content"]
+            size += len(content.encode()) if isinstance(content, str) else len(json.dumps(content).encode())
+        input_tokens = size + _FRAMING_TOKENS + _TOKENS_PER_MESSAGE * len(messages)
+        return TokenUsage(input_tokens=input_tokens, output_tokens=self.max_tokens)
 
     def _options(self) -> dict[str, Any]:
         key = os.environ.get("ANTHROPIC_API_KEY")
         if not key:
-            raise ProviderFailure("authentication", MISSING_KEY)
+            raise ProviderFailure("missing_credentials", MISSING_KEY)
         return {
             "api_key": key,
             "base_url": self.base_url,
@@ -51,7 +69,10 @@ class AnthropicProvider(LazyClients):
             "open_telemetry": False,
         }
 
-    def chat(self, model: str, system: str | None, messages: Sequence[Mapping[str, Any]]) -> Reply:
+    def chat(
+        self, model: str, system: str | None, messages: Sequence[Mapping[str, Any]], progress: CallProgress
+    ) -> Reply:
+        answer = _Answer(model, time.monotonic() + self.timeout_s, progress)
         try:
             options = self._options()
             with self._lock:
@@ -59,21 +80,29 @@ class AnthropicProvider(LazyClients):
                     self.close()  # first call, or the key in the environment changed
                     self._client = anthropic.Anthropic(**options)
                 client = self._client
-            message = client.messages.create(**self._request(model, system, messages))
+            with client.messages.create(**self._request(model, system, messages), stream=True) as stream:
+                for event in stream:
+                    answer.add(event)
         except Exception as exc:
             raise classify_anthropic(exc) from exc
-        return _reply(message)
+        return answer.reply()
 
-    async def achat(self, model: str, system: str | None, messages: Sequence[Mapping[str, Any]]) -> Reply:
+    async def achat(
+        self, model: str, system: str | None, messages: Sequence[Mapping[str, Any]], progress: CallProgress
+    ) -> Reply:
+        answer = _Answer(model, time.monotonic() + self.timeout_s, progress)
         try:
             options = self._options()
             if self._async_client is None or self._async_client.api_key != options["api_key"]:
                 await self.aclose()
                 self._async_client = anthropic.AsyncAnthropic(**options)
-            message = await self._async_client.messages.create(**self._request(model, system, messages))
+            stream = await self._async_client.messages.create(**self._request(model, system, messages), stream=True)
+            async with stream:
+                async for event in stream:
+                    answer.add(event)
         except Exception as exc:
             raise classify_anthropic(exc) from exc
-        return _reply(message)
+        return answer.reply()
 
     def _request(self, model: str, system: str | None, messages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         request: dict[str, Any] = {
@@ -86,25 +115,68 @@ class AnthropicProvider(LazyClients):
         return request
 
 
-def _reply(message: Any) -> Reply:
-    text = "".join(block.text for block in message.content if getattr(block, "type", None) == "text")
-    u = message.usage
-    cache_read = u.cache_read_input_tokens or 0
-    cache_write = u.cache_creation_input_tokens or 0
-    usage = TokenUsage(
-        # The API reports only the uncached part as input_tokens; the spec counts all input.
-        input_tokens=u.input_tokens + cache_read + cache_write,
-        output_tokens=u.output_tokens,
-        cache_read_tokens=cache_read,
-        cache_write_tokens=cache_write,
-    )
-    reply = Reply(
-        text=text,
-        response_model=message.model,
-        response_id=message.id,
-        finish_reasons=(message.stop_reason,) if message.stop_reason else (),
-        usage=usage,
-    )
-    if not text.strip():
-        raise ProviderFailure("empty_output", f"{message.model} returned an empty answer", reply=reply)
-    return reply
+class _Answer:
+    """Joins the Messages stream's events into one reply, keeping ``progress`` current as they arrive."""
+
+    def __init__(self, model: str, deadline: float, progress: CallProgress) -> None:
+        self.model, self.deadline, self.progress = model, deadline, progress
+        self.parts: list[str] = []
+        self.stop_reason: str | None = None
+        self._uncached = self._cache_read = self._cache_write = self._output = 0
+
+    def add(self, event: Any) -> None:
+        if time.monotonic() > self.deadline:
+            raise ProviderFailure("timeout", "Claude was still answering after escalation.timeout_s")
+        kind = event.type
+        if kind == "message_start":
+            message = event.message
+            self.progress.answering = True
+            self.progress.response_id, self.progress.response_model = message.id, message.model
+            self._usage(message.usage)
+        elif kind == "content_block_delta" and getattr(event.delta, "type", None) == "text_delta":
+            self.parts.append(event.delta.text)
+        elif kind == "message_delta":
+            self.stop_reason = event.delta.stop_reason or self.stop_reason
+            self._usage(event.usage)
+        elif kind == "message_stop":
+            self.progress.complete = True
+
+    def _usage(self, usage: Any) -> None:
+        # message_delta's counts are cumulative; its input fields are absent on older API versions.
+        if getattr(usage, "input_tokens", None) is not None:
+            self._uncached = usage.input_tokens
+        if getattr(usage, "cache_read_input_tokens", None) is not None:
+            self._cache_read = usage.cache_read_input_tokens
+        if getattr(usage, "cache_creation_input_tokens", None) is not None:
+            self._cache_write = usage.cache_creation_input_tokens
+        self._output = usage.output_tokens or self._output
+        self.progress.usage = TokenUsage(
+            # The API reports only the uncached part as input_tokens; the spec counts all input.
+            input_tokens=self._uncached + self._cache_read + self._cache_write,
+            output_tokens=self._output,
+            cache_read_tokens=self._cache_read,
+            cache_write_tokens=self._cache_write,
+        )
+
+    def reply(self) -> Reply:
+        progress = self.progress
+        if not progress.complete or progress.usage is None:
+            raise ProviderFailure("stream_error", f"Claude ended the stream for {self.model} before message_stop")
+        text = "".join(self.parts)
+        reply = Reply(
+            text=text,
+            response_model=progress.response_model,
+            response_id=progress.response_id,
+            finish_reasons=(self.stop_reason,) if self.stop_reason else (),
+            usage=progress.usage,
+        )
+        if self.stop_reason == STOP_MAX_TOKENS:
+            raise ProviderFailure(
+                "truncated",
+                f"{reply.response_model or self.model} stopped at escalation.max_tokens "
+                f"({progress.usage.output_tokens} output tokens); raise it to let long answers finish",
+                reply=reply,
+            )
+        if not text.strip():
+            raise ProviderFailure("empty_output", f"{reply.response_model} returned an empty answer", reply=reply)
+        return reply

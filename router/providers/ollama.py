@@ -11,9 +11,10 @@ import ollama
 
 from costline.pricing import TokenUsage
 from router.errors import ProviderFailure, classify_ollama
-from router.providers import Endpoint, LazyClients, Reply
+from router.providers import CallProgress, Endpoint, LazyClients, Reply
 
 NS_PER_S = 1e9
+DONE_LENGTH = "length"  # Ollama's done_reason when the answer hit its length limit (num_predict or the context)
 
 
 class OllamaProvider(LazyClients):
@@ -28,26 +29,26 @@ class OllamaProvider(LazyClients):
         self._lock = threading.Lock()  # run() may be called from several threads
         self._async_client: ollama.AsyncClient | None = None
 
-    def chat(self, model: str, messages: Sequence[Mapping[str, Any]]) -> Reply:
+    def chat(self, model: str, messages: Sequence[Mapping[str, Any]], progress: CallProgress) -> Reply:
         with self._lock:
             if self._client is None:
                 self._client = ollama.Client(host=self.host, timeout=self.timeout_s)
             client = self._client
         deadline = time.monotonic() + self.timeout_s
         try:
-            collector = _StreamCollector(model, self.host, deadline)
+            collector = _StreamCollector(model, self.host, deadline, progress)
             for chunk in client.chat(model=model, messages=messages, stream=True):
                 collector.add(chunk)
             return collector.reply()
         except Exception as exc:
             raise collector.failed(classify_ollama(exc, self.host)) from exc
 
-    async def achat(self, model: str, messages: Sequence[Mapping[str, Any]]) -> Reply:
+    async def achat(self, model: str, messages: Sequence[Mapping[str, Any]], progress: CallProgress) -> Reply:
         if self._async_client is None:
             self._async_client = ollama.AsyncClient(host=self.host, timeout=self.timeout_s)
         deadline = time.monotonic() + self.timeout_s
         try:
-            collector = _StreamCollector(model, self.host, deadline)
+            collector = _StreamCollector(model, self.host, deadline, progress)
             async for chunk in await self._async_client.chat(model=model, messages=messages, stream=True):
                 collector.add(chunk)
             return collector.reply()
@@ -58,8 +59,8 @@ class OllamaProvider(LazyClients):
 class _StreamCollector:
     """Joins NDJSON chunks into one reply; the final ``done`` chunk carries usage and timings."""
 
-    def __init__(self, model: str, host: str, deadline: float) -> None:
-        self.model, self.host, self.deadline = model, host, deadline
+    def __init__(self, model: str, host: str, deadline: float, progress: CallProgress) -> None:
+        self.model, self.host, self.deadline, self.progress = model, host, deadline, progress
         self.started = time.monotonic()
         self.chunks = 0
         self.parts: list[str] = []
@@ -79,17 +80,22 @@ class _StreamCollector:
         if time.monotonic() > self.deadline:
             raise ProviderFailure("timeout", f"Ollama at {self.host} was still streaming after the timeout")
         self.chunks += 1
+        self.progress.answering = True
         if chunk.message is not None and chunk.message.content:
             self.parts.append(chunk.message.content)
         if chunk.done:
             self.final = chunk
+            self.progress.complete = True
+            self.progress.usage = TokenUsage(
+                input_tokens=chunk.prompt_eval_count or 0, output_tokens=chunk.eval_count or 0
+            )
 
     def reply(self) -> Reply:
         if self.final is None:
             raise ProviderFailure("stream_error", f"Ollama ended the stream for {self.model} without a final chunk")
         text = "".join(self.parts)
         final = self.final
-        usage = TokenUsage(input_tokens=final.prompt_eval_count or 0, output_tokens=final.eval_count or 0)
+        usage = self.progress.usage or TokenUsage()
         compute_ns = (final.prompt_eval_duration or 0) + (final.eval_duration or 0)
         reply = Reply(
             text=text,
@@ -99,6 +105,10 @@ class _StreamCollector:
             usage=usage,
             compute_seconds=compute_ns / NS_PER_S,
         )
+        if final.done_reason == DONE_LENGTH:
+            raise ProviderFailure(
+                "truncated", f"{self.model} stopped at its length limit (done_reason {DONE_LENGTH})", reply=reply
+            )
         if not text.strip():
             raise ProviderFailure("empty_output", f"{self.model} returned an empty answer", reply=reply)
         return reply

@@ -7,6 +7,11 @@ from typing import Any
 
 Query = Callable[[str], list[tuple[Any, ...]]]
 
+# A span stored twice is the same span twice: the same ids and the same start time, as an exporter's retry re-sends
+# it. Another span that reuses the ids (a broken or hostile sender; the fuzzer draws colliding ids across requests)
+# is a different call, stored in its own right: dropping it would lose a call that was acknowledged.
+_SAME_SPAN = "GROUP BY trace_id, span_id, start_time"
+
 # Each check selects the offending rows; an empty result means the invariant holds.
 ATTEMPT_CHECKS = {
     "negative token count": "SELECT span_id FROM attempts WHERE least(input_tokens, output_tokens, "
@@ -28,7 +33,7 @@ ATTEMPT_CHECKS = {
     "no model": "SELECT span_id FROM attempts WHERE coalesce(request_model, response_model) IS NULL",
     "negative cost": "SELECT span_id FROM attempts WHERE cost_usd < 0 OR counterfactual_usd < 0",
     "bad outcome": "SELECT span_id FROM attempts WHERE outcome NOT IN ('success', 'error')",
-    "duplicate attempt": "SELECT span_id FROM attempts GROUP BY trace_id, span_id HAVING count(*) > 1",
+    "duplicate attempt": f"SELECT span_id FROM attempts {_SAME_SPAN} HAVING count(*) > 1",
 }
 TASK_CHECKS = {
     "bad task ids": "SELECT span_id FROM tasks WHERE NOT regexp_full_match(trace_id, '[0-9a-f]{32}') "
@@ -36,7 +41,7 @@ TASK_CHECKS = {
     "task without id": "SELECT span_id FROM tasks WHERE task_id IS NULL OR task_id = ''",
     "task time": "SELECT span_id FROM tasks WHERE start_time < TIMESTAMPTZ '2000-01-01 00:00:00+00' "
     "OR start_time > now() + INTERVAL 2 DAY OR end_time < start_time",
-    "duplicate task": "SELECT span_id FROM tasks GROUP BY trace_id, span_id HAVING count(*) > 1",
+    "duplicate task": f"SELECT span_id FROM tasks {_SAME_SPAN} HAVING count(*) > 1",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -95,6 +96,7 @@ class ServedCollector:
                 stderr=stderr,
                 env=self.env,
                 cwd=self.workdir,
+                start_new_session=True,  # its own process group: the decode workers it spawns go down with it
             )
         if wait:
             self.wait_ready()
@@ -130,9 +132,16 @@ class ServedCollector:
         raise RuntimeError("no VmHWM in /proc/PID/status")
 
     def kill9(self) -> None:
+        """SIGKILL the collector and its decode workers at once, as a service manager or container runtime does
+        (killing the parent alone would leave its idle workers behind, running, after the test)."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
+        self._kill_group()
         self.process.wait(30)
+
+    def _kill_group(self) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def stop(self) -> int:
         """SIGTERM (a clean drain), then the exit status."""
@@ -142,7 +151,7 @@ class ServedCollector:
         try:
             return self.process.wait(60)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self._kill_group()
             self.process.wait(10)
             raise
 
@@ -150,6 +159,6 @@ class ServedCollector:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+        if self.process is not None:
+            self._kill_group()  # whatever of the last run is left, workers included
             self.process.wait(30)
