@@ -1,11 +1,11 @@
 """The DuckDB ledger: one file, one writer, every span stored exactly once.
 
 Writes come in batches of many requests (see :mod:`collector.writer`): the batch is one Arrow table, inserted in
-one transaction. Deduplication never touches an index (``ON CONFLICT`` on a growing table slows to a crawl): each
-row carries ``span_key``, the span id as a UBIGINT, and one probe per batch asks which of the batch's keys the
-ledger already holds, whatever their start time (a span is the same span when its ids are, even re-sent with
-another start time). The probe reads only the key column; key hits are confirmed on the exact (trace_id, span_id)
-before a row is treated as a duplicate, so distinct ids never collide.
+one transaction. Deduplication never touches an index (``ON CONFLICT`` on a growing table slows to a crawl) and never
+scans the table for a fresh span: each row carries ``span_key``, the span id as a UBIGINT, and the writer keeps every
+stored key in memory (:class:`collector.span_keys.SpanKeys`, seeded when it starts). A batch key it does not hold is
+a new span, whatever its start time; only the keys it holds are looked up in the ledger, and confirmed on the exact
+(trace_id, span_id) before a row is treated as a duplicate, so distinct ids never collide.
 
 A second probe, restricted to the batch's time range (DuckDB skips row groups by their min/max), resolves nesting:
 of a GenAI parent and child describing one call, one is kept — the one with usage, else the outer one, else the one
@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from collector.mapping import ATTEMPT_COLUMNS, EMPTY_ATTEMPTS, EMPTY_TASKS, TASK_COLUMNS
 from collector.schema import SCHEMA_VERSION, TABLES
+from collector.span_keys import SpanKeys
 from collector.views import create_views
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,13 @@ class LedgerWriter:
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self._con = con
         self._unchecked = False  # committed since the last checkpoint
+        # This process is the ledger's only writer, so the keys seen here and the ones it adds are all there are.
+        self._keys = {table: _seed_keys(con, table) for table in ("attempts", "tasks")}
+
+    @property
+    def key_bytes(self) -> int:
+        """Memory held by the in-memory span keys."""
+        return sum(keys.nbytes for keys in self._keys.values())
 
     def checkpoint(self) -> bool:
         """Fold the WAL into the database file if anything was committed since the last time; call when idle.
@@ -196,6 +204,8 @@ class LedgerWriter:
                     con.execute("UPDATE ingest_counts SET spans = spans + ? WHERE result = ?", [spans, result])
             con.execute("COMMIT")
             self._unchecked = True
+            for table, rows in (("attempts", stored_attempts), ("tasks", stored_tasks)):
+                self._keys[table].add(rows.column("span_key").to_numpy())
         except BaseException:
             con.execute("ROLLBACK")
             raise
@@ -215,9 +225,7 @@ class LedgerWriter:
         self._con.register("attempt_batch", batch)
         # Identity: the same ids at any start time. Nesting: a parent started at most PARENT_WINDOW before its
         # child, so that part of the probe skips row groups by start time.
-        stored = self._con.execute(
-            "SELECT trace_id, span_id FROM attempts WHERE span_key IN (SELECT span_key FROM attempt_batch)"
-        ).fetchall()
+        stored = self._stored_ids("attempts", batch)
         related = self._con.execute(
             f"""
             WITH b AS MATERIALIZED (SELECT span_key, parent_key, check_parent FROM attempt_batch)
@@ -243,14 +251,24 @@ class LedgerWriter:
             )
         return stored_rows, duplicates + in_batch_dups, nested
 
+    def _stored_ids(self, table: str, batch: pa.Table) -> list[tuple[str, str]]:
+        """(trace_id, span_id) of the ledger rows whose span key one of the batch's has; only candidate keys (held
+        in memory) are looked up, so a batch of new spans costs no query."""
+        keys = batch.column("span_key").to_numpy()
+        candidates = keys[self._keys[table].candidates(keys)]
+        if not len(candidates):
+            return []
+        return self._con.execute(
+            f"SELECT trace_id, span_id FROM {table} WHERE span_key IN (SELECT unnest($keys::UBIGINT[]))",
+            {"keys": candidates.tolist()},
+        ).fetchall()
+
     def _insert_tasks(self, batch: pa.Table) -> tuple[pa.Table, int]:
         if batch.num_rows == 0:
             return batch, 0
         batch, in_batch_dups = _unique(batch)
         self._con.register("task_batch", batch)
-        hits = self._con.execute(
-            "SELECT t.trace_id, t.span_id FROM tasks t WHERE t.span_key IN (SELECT span_key FROM task_batch)"
-        ).fetchall()
+        hits = self._stored_ids("tasks", batch)
         duplicates = 0
         if hits:
             stored_ids = set(hits)
@@ -317,6 +335,11 @@ def _resolve(
 
 
 _TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
+def _seed_keys(con: duckdb.DuckDBPyConnection, table: str) -> SpanKeys:
+    reader = con.execute(f"SELECT span_key FROM {table} WHERE span_key IS NOT NULL").to_arrow_reader(1 << 20)
+    return SpanKeys.from_batches(reader)
 
 
 def _concat(tables: list[pa.Table], empty: pa.Table) -> pa.Table:

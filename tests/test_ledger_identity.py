@@ -4,7 +4,6 @@ collide — not even B3/Datadog-style 64-bit trace ids whose root span id equals
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +18,7 @@ from costline.config import Config
 from costline.pricing import Pricer
 
 PRICER = FastPricer(Pricer(Config()))
-NOW_NS = time.time_ns()
+NOW_NS = 1_764_000_000 * 10**9  # fixed: the mapping takes its 'now' from the test
 DAY_NS = 86_400 * 10**9
 
 ids = st.tuples(st.integers(1, 2**128 - 1), st.integers(1, 2**64 - 1))
@@ -41,12 +40,15 @@ def test_each_span_is_stored_once_whatever_its_start_time(
     first: list[tuple[tuple[int, int], int]], again: list[tuple[int, int]]
 ) -> None:
     resent = [(first[i % len(first)][0], start) for i, start in again]  # the same ids, any other start time
-    distinct = {identity for identity, _ in first}
+    resent += [((t ^ 1 << 64, s), start) for (t, s), start in first[:3]]  # the same span ids in other traces
+    distinct = {identity for identity, _ in first + resent}
     with tempfile.TemporaryDirectory() as directory:
         con = open_ledger(Path(directory) / "ledger.duckdb")
         try:
             writer = LedgerWriter(con)
-            for batch in (first, resent, first):
+            for n, batch in enumerate((first, resent, first)):
+                if n == 2:
+                    writer = LedgerWriter(con)  # a restarted collector seeds its keys from the ledger
                 mapped = map_spans([_span(t, s, start) for (t, s), start in batch], PRICER, now_ns=NOW_NS)
                 assert not mapped.rejected
                 writer.write([mapped.attempts], [mapped.tasks])
