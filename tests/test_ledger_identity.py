@@ -56,3 +56,22 @@ def test_each_span_is_stored_once_whatever_its_start_time(
         finally:
             con.close()
     assert sorted(stored) == sorted((f"{t:032x}", f"{s:016x}") for t, s in distinct)
+
+
+def test_span_ids_that_differ_only_in_their_lowest_bits_are_distinct_spans(tmp_path: Path) -> None:
+    """The in-memory keys keep 48 bits of a span id; a candidate they give is confirmed on the exact ids."""
+    con = open_ledger(tmp_path / "ledger.duckdb")
+    try:
+        writer = LedgerWriter(con)
+        first = [_span(7, 0xABCDEF0123450001 + n, NOW_NS - DAY_NS) for n in range(1 << 15)]  # past the tail: a run
+        near = _span(7, 0xABCDEF0123450000, NOW_NS - DAY_NS)  # the same 48 high bits as all of the above
+        near_again = _span(7, 0xABCDEF0123450000, NOW_NS)
+        results = []
+        for batch in (first, [near], [near_again]):
+            mapped = map_spans(batch, PRICER, now_ns=NOW_NS)
+            results.append(writer.write([mapped.attempts], [mapped.tasks]))
+        stored = con.execute("SELECT count(*) FROM attempts").fetchone()
+    finally:
+        con.close()
+    assert stored == ((1 << 15) + 1,)
+    assert [r.duplicates for r in results] == [0, 0, 1]
