@@ -21,7 +21,8 @@ def test_router_spans_land_in_the_ledger_exactly_once_with_the_routers_own_costs
 ) -> None:
     for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SERVICE_NAME"):
         monkeypatch.delenv(name, raising=False)
-    # Absent usage attributes (failed calls) are NULL in the ledger where the router's records say 0.
+    # Absent usage attributes (failed calls) are NULL in the ledger where the router's records say 0: tokens, and the
+    # cost, which is unknown rather than $0 when a span reports no usage.
     config = make_config(collector={"otlp_port": 0, "metrics_port": 0, "ledger": str(tmp_path / "ledger.duckdb")})
     with Collector(config) as collector:
         routed = with_overrides(config, telemetry={"otlp_endpoint": collector.otlp_url})
@@ -34,7 +35,8 @@ def test_router_spans_land_in_the_ledger_exactly_once_with_the_routers_own_costs
         attempts = rows(
             collector,
             "SELECT task_id, attempt_index, tier, provider, request_model, outcome, error_type, escalation_reason, "
-            "coalesce(input_tokens, 0), coalesce(output_tokens, 0), cost_usd, counterfactual_usd "
+            "coalesce(input_tokens, 0), coalesce(output_tokens, 0), coalesce(cost_usd, 0), counterfactual_usd, "
+            "price_source "
             "FROM attempts ORDER BY task_id, attempt_index",
         )
         tasks = rows(collector, "SELECT task_id, outcome, escalated, attempts FROM tasks ORDER BY task_id")
@@ -59,6 +61,7 @@ def test_router_spans_land_in_the_ledger_exactly_once_with_the_routers_own_costs
     ]
     assert [row[:11] for row in attempts] == sorted(router_rows)
     assert [row[6] for row in attempts if row[0] == "task-escalated"] == ["model_not_found", "overloaded", None]
+    assert [row[12] for row in attempts] == ["no-usage", "no-usage", "genai-prices", "local-free"]
     assert escalated.cost_usd == sum(row[10] for row in attempts if row[0] == "task-escalated")
     counterfactual = [row[11] for row in attempts if row[0] == "task-local"]
     assert len(counterfactual) == 1 and counterfactual[0] > Decimal(0)

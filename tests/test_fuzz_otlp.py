@@ -298,13 +298,14 @@ def test_an_absurd_carried_cost_is_dropped_and_the_call_still_accounted(tmp_path
     assert stored == [(ids[0], 10, None), (ids[1], 10, None), (ids[2], 10, None), (ids[3], 10, Decimal("0.25"))]
 
 
-def test_a_span_re_sent_is_stored_once_and_another_span_reusing_its_ids_is_kept(tmp_path: Path) -> None:
-    """Found by the fuzzer, whose examples draw colliding ids against one collector: a re-sent span (same ids, same
-    start time) is a duplicate, but a different span that reuses the ids is another call, and is accounted."""
+def test_a_span_is_its_ids_whatever_its_start_time(tmp_path: Path) -> None:
+    """Found by the fuzzer, whose examples draw colliding ids against one collector: a span is identified by its
+    (trace_id, span_id) alone, so the same ids sent again, with the same or another start time, are stored once; the
+    same span id in another trace is another span."""
 
-    def task_span(start: int) -> dict[str, Any]:
+    def task_span(start: int, trace: int = 1) -> dict[str, Any]:
         return {
-            "trace_id": bytes(15) + b"\x01",
+            "trace_id": bytes(15) + bytes([trace]),
             "span_id": bytes(7) + b"\x01",
             "parent_span_id": b"",
             "name": "task general",
@@ -319,12 +320,13 @@ def test_a_span_re_sent_is_stored_once_and_another_span_reusing_its_ids_is_kept(
         url = f"{collector.otlp_url}/v1/traces"
         for start in (FIVE_MINUTES_BEFORE, FIVE_MINUTES_BEFORE, FIVE_MINUTES_BEFORE - 3_600 * 10**9):
             assert post(url, to_protobuf([task_span(start)])).status == 200
+        assert post(url, to_protobuf([task_span(FIVE_MINUTES_BEFORE, trace=2)])).status == 200
         con = collector.connection
         try:
-            stored = con.execute("SELECT start_time FROM tasks ORDER BY start_time").fetchall()
+            stored = con.execute("SELECT trace_id, epoch_ns(start_time) FROM tasks ORDER BY trace_id").fetchall()
             assert violations(lambda sql: con.execute(sql).fetchall()) == {}
         finally:
             con.close()
         metrics = scrape(collector.metrics_url)
-    assert len(stored) == 2
-    assert value(metrics, "costline_ingest_spans_total", result="duplicate") == 1
+    assert stored == [(f"{trace:032x}", FIVE_MINUTES_BEFORE) for trace in (1, 2)]
+    assert value(metrics, "costline_ingest_spans_total", result="duplicate") == 2

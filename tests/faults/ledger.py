@@ -7,10 +7,9 @@ from typing import Any
 
 Query = Callable[[str], list[tuple[Any, ...]]]
 
-# A span stored twice is the same span twice: the same ids and the same start time, as an exporter's retry re-sends
-# it. Another span that reuses the ids (a broken or hostile sender; the fuzzer draws colliding ids across requests)
-# is a different call, stored in its own right: dropping it would lose a call that was acknowledged.
-_SAME_SPAN = "GROUP BY trace_id, span_id, start_time"
+# A span is its (trace_id, span_id): the same ids sent again, whatever the start time, are the same span (an
+# exporter's retry, a spool re-sending, or a sender that reuses ids) and must be stored once.
+_SAME_SPAN = "GROUP BY trace_id, span_id"
 
 # Each check selects the offending rows; an empty result means the invariant holds.
 ATTEMPT_CHECKS = {
