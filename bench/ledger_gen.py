@@ -105,7 +105,8 @@ SELECT {_hex16("t_hi")} || {_hex16("t_lo")} AS trace_id,
        s AS span_key,
        p AS parent_key,
        NULL AS cost_disagrees,
-       'costline' AS emitter
+       'costline' AS emitter,
+       NULL AS superseded_by
 FROM m
 """
 

@@ -9,7 +9,11 @@ a new span, whatever its start time; only the keys it holds are looked up in the
 
 A second probe, restricted to the batch's time range (DuckDB skips row groups by their min/max), resolves nesting:
 of a GenAI parent and child describing one call, one is kept — the one with usage, else the outer one, else the one
-stored first — so one model call is counted once whichever order the spans arrive in.
+stored first — so one model call is counted once whichever order the spans arrive in. When the span without usage
+was stored in an earlier request and its partner with usage arrives later, the later one is stored and the earlier
+row gets ``superseded_by``: the views (and so every report) leave superseded rows out, so the call counts once, at
+its price. The row is kept rather than deleted because the metrics already counted it as an attempt (with no cost
+and no tokens) and counters seeded from the ledger at the next start must not drop.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -130,6 +135,7 @@ def _migrate(con: duckdb.DuckDBPyConnection, file: Path) -> None:
             ("attempts", "parent_key", "UBIGINT"),
             ("attempts", "cost_disagrees", "BOOLEAN"),
             ("attempts", "emitter", "VARCHAR"),
+            ("attempts", "superseded_by", "VARCHAR"),
             ("tasks", "span_key", "UBIGINT"),
         ):
             con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
@@ -229,7 +235,7 @@ class LedgerWriter:
         related = self._con.execute(
             f"""
             WITH b AS MATERIALIZED (SELECT span_key, parent_key, check_parent FROM attempt_batch)
-            SELECT a.trace_id, a.span_id, a.parent_span_id, {_HAS_USAGE.format(t="a.")}
+            SELECT a.trace_id, a.span_id, a.parent_span_id, {_HAS_USAGE.format(t="a.")}, a.start_time
             FROM attempts a
             WHERE a.start_time BETWEEN $lo AND $hi
               AND (a.parent_key IN (SELECT span_key FROM b)
@@ -239,7 +245,13 @@ class LedgerWriter:
         ).fetchall()
         duplicates = nested = 0
         if stored or related or need_parents:
-            keep, duplicates, nested = _resolve(batch, stored, related)
+            keep, duplicates, nested, superseded = _resolve(batch, stored, related)
+            for trace_id, span_id, start_time, by in superseded:
+                self._con.execute(
+                    "UPDATE attempts SET superseded_by = $by "
+                    "WHERE start_time = $start AND trace_id = $trace AND span_id = $span AND superseded_by IS NULL",
+                    {"by": by, "start": start_time, "trace": trace_id, "span": span_id},
+                )
             batch = batch.filter(pa.array(keep, pa.bool_()))
             self._con.unregister("attempt_batch")
             self._con.register("attempt_batch", batch)
@@ -292,10 +304,14 @@ _HAS_USAGE = (
 )
 
 
+Superseded = tuple[str, str, Any, str]  # trace_id, span_id and start_time of a ledger row; the span_id replacing it
+
+
 def _resolve(
-    batch: pa.Table, stored: list[tuple[str, str]], related: list[tuple[str, str, str | None, bool]]
-) -> tuple[list[bool], int, int]:
-    """Which batch rows to keep, and how many were duplicates and nested repeats of another span's call.
+    batch: pa.Table, stored: list[tuple[str, str]], related: list[tuple[str, str, str | None, bool, Any]]
+) -> tuple[list[bool], int, int, list[Superseded]]:
+    """Which batch rows to keep, how many were duplicates and nested repeats of another span's call, and which
+    ledger rows a kept batch row supersedes.
 
     ``stored``: ledger rows with a batch row's ids. ``related``: ledger rows that are a batch row's GenAI parent or
     child. Of a GenAI parent and child, one is kept: the one with usage; if both or neither have it, the outer one,
@@ -314,31 +330,42 @@ def _resolve(
         )
     ]
     in_batch = {(t, s): i for i, (t, s) in enumerate(zip(traces, spans, strict=True))}
-    ledger_span = {(t, s): u for t, s, _, u in related}
-    ledger_child = {(t, p): u for t, _, p, u in related if p}
+    ledger_span = {(t, s): (u, start) for t, s, _, u, start in related}
+    ledger_child = {(t, p): (s, u, start) for t, s, p, u, start in related if p}
+    superseded: list[Superseded] = []
     keep = [(t, s) not in stored_ids for t, s in zip(traces, spans, strict=True)]
     duplicates = keep.count(False)
     nested = 0
     for i, (trace, span, parent, check) in enumerate(zip(traces, spans, parents, checks, strict=True)):
         if not keep[i]:
             continue
-        if check and (trace, parent) in in_batch:  # a nested pair within the batch
-            j = in_batch[(trace, parent)]
-            if keep[j]:
-                loser = j if usage[i] and not usage[j] else i
-                keep[loser] = False
-                nested += 1
-        elif (check and (trace, parent) in ledger_span) or (trace, span) in ledger_child:  # the stored one stays
-            keep[i] = False
+        j = in_batch.get((trace, parent)) if check else None
+        if j is not None and keep[j]:  # a nested pair within the batch
+            loser = j if usage[i] and not usage[j] else i
+            keep[loser] = False
             nested += 1
-    return keep, duplicates, nested
+        elif check and (trace, parent) in ledger_span:  # its outer span is stored
+            parent_usage, parent_start = ledger_span[(trace, parent)]
+            if usage[i] and not parent_usage:
+                superseded.append((trace, parent, parent_start, span))
+            else:
+                keep[i] = False
+                nested += 1
+        elif (trace, span) in ledger_child:  # its inner span is stored
+            child, child_usage, child_start = ledger_child[(trace, span)]
+            if usage[i] and not child_usage:
+                superseded.append((trace, child, child_start, span))
+            else:
+                keep[i] = False
+                nested += 1
+    return keep, duplicates, nested, superseded
 
 
 _TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
 
 def _seed_keys(con: duckdb.DuckDBPyConnection, table: str) -> SpanKeys:
-    reader = con.execute(f"SELECT span_key FROM {table} WHERE span_key IS NOT NULL").to_arrow_reader(1 << 20)
+    reader = con.sql(f"SELECT span_key FROM {table} WHERE span_key IS NOT NULL").to_arrow_reader(1 << 20)
     return SpanKeys.from_batches(reader)
 
 

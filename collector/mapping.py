@@ -11,7 +11,7 @@ Decoders hand each span's attributes over as a list indexed by :data:`SLOT` (onl
 :class:`collector.emitters.Emitter` of its instrumentation scope. Which attribute carries which count, and whether
 input counts include cache, comes from that emitter's row alone. A span without usage is stored with a NULL cost
 (``price_source = 'no-usage'``), never $0. A cost the emitter carried is kept in ``reported_cost_usd``, and
-``cost_disagrees`` says whether it is further from costline's than :data:`COST_TOLERANCE` allows.
+``cost_disagrees`` says whether it is further from costline's than :data:`costline.pricing.COST_TOLERANCE_RATIO` allows.
 
 Whether a nested GenAI span repeats its parent's model call needs the parent, which may sit in another request:
 the row carries ``check_parent`` and the ledger writer resolves it against the batch and the ledger.
@@ -34,7 +34,13 @@ from collector.emitters import Emitter
 from collector.otlp_decode import STATUS_ERROR, SpanRecord
 from collector.price_cache import FastPricer, usd_to_nanos
 from costline import spans as S
-from costline.pricing import LOCAL_PROVIDERS, SOURCE_UNPRICED
+from costline.pricing import (
+    COST_TOLERANCE_NANOS,
+    COST_TOLERANCE_RATIO,
+    LOCAL_PROVIDERS,
+    SOURCE_NO_USAGE,
+    SOURCE_UNPRICED,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +117,6 @@ EMPTY_TASKS: Final = TASK_SCHEMA.empty_table()
 ATTEMPT_COLUMNS: Final = tuple(n for n in ATTEMPT_SCHEMA.names if n != "check_parent")
 TASK_COLUMNS: Final = tuple(TASK_SCHEMA.names)
 
-
-SOURCE_NO_USAGE: Final = "no-usage"  # a GenAI span that reported no token counts: its cost is unknown, not $0
-# An emitter's own cost further than this from costline's (whichever bound is larger) is a disagreement.
-COST_TOLERANCE_RATIO: Final = 0.02
-COST_TOLERANCE_NANOS: Final = 1_000  # $0.000001
 
 _STRING, _INT, _DOUBLE, _BOOL = 0, 1, 2, 3
 # Every attribute the mapping reads, with the type it normally has; decoders skip the others.

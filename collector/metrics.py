@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from collector.ledger import WriteResult
 from costline import clock
 from costline.config import Config
+from costline.pricing import SOURCE_NO_USAGE
 from costline.spans import ERROR_TYPES, REFUSAL_ERROR_TYPES
 
 prometheus_client.disable_created_metrics()
@@ -53,7 +54,7 @@ _ATTEMPT_AGGREGATES = f"""
 SELECT provider, {_MODEL} AS model, coalesce(tier, '') AS tier, outcome, {_ERROR_TYPE_LABEL} AS error_type,
        count(*) AS attempts,
        coalesce(sum(cost_usd), 0) AS cost,
-       count(*) FILTER (WHERE cost_usd IS NULL AND price_source IS DISTINCT FROM 'no-usage') AS unpriced,
+       count(*) FILTER (WHERE cost_usd IS NULL AND price_source IS DISTINCT FROM '{SOURCE_NO_USAGE}') AS unpriced,
        coalesce(sum(counterfactual_usd), 0) AS counterfactual,
        count(counterfactual_usd) AS counterfactual_n,
        coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
@@ -61,7 +62,8 @@ SELECT provider, {_MODEL} AS model, coalesce(tier, '') AS tier, outcome, {_ERROR
        count(*) FILTER (WHERE tier = 'escalation' AND {_NOT_REFUSED}) AS escalations,
        coalesce(escalation_reason, '') AS reason,
        coalesce(sum(CAST(round(duration_s * 1e6) AS BIGINT)), 0) AS duration_us,
-       {_BUCKET} AS bucket
+       {_BUCKET} AS bucket,
+       count(*) FILTER (WHERE cost_disagrees) AS disagreements
 FROM {{source}}
 GROUP BY ALL
 """
@@ -84,6 +86,7 @@ class _State:
         self.counterfactual: dict[str, Decimal] = {}
         self.tokens: dict[tuple[str, str, str], int] = {}
         self.unpriced: dict[tuple[str, str], int] = {}
+        self.disagreements: dict[tuple[str, str], int] = {}  # the emitter's reported cost differs from costline's
         self.duration: dict[tuple[str, str], list[int]] = {}  # count per bucket (last: above all bounds), sum in µs
         self.ingest: dict[str, int] = {"stored": 0, "duplicate": 0, "rejected": 0}
 
@@ -93,7 +96,7 @@ class _State:
         for row in rows:
             provider, model, tier, outcome, error_type, n, cost, unpriced, cf, cf_n = row[:10]
             tokens = row[10:14]
-            escalations, reason, duration_us, bucket = row[14:18]
+            escalations, reason, duration_us, bucket, disagreements = row[14:19]
             pm = (provider, model)
             _inc(self.attempts, (provider, model, tier, outcome, error_type), n)
             if n > unpriced:  # an unpriced model gets no cost series (NULL is not $0)
@@ -101,6 +104,8 @@ class _State:
             if unpriced:
                 _inc(self.unpriced, pm, unpriced)
                 _inc(unpriced_seen, pm, unpriced)
+            if disagreements:
+                _inc(self.disagreements, pm, disagreements)
             if cf_n:
                 _inc(self.counterfactual, model, cf)
             for kind, count in zip(TOKEN_TYPES, tokens, strict=True):
@@ -172,7 +177,7 @@ class LedgerMetrics(Collector):
             s = self._state
             attempts, tasks, escalations = dict(s.attempts), dict(s.tasks), dict(s.escalations)
             cost, counterfactual, tokens = dict(s.cost), dict(s.counterfactual), dict(s.tokens)
-            unpriced, ingest = dict(s.unpriced), dict(s.ingest)
+            unpriced, ingest, disagreements = dict(s.unpriced), dict(s.ingest), dict(s.disagreements)
             duration = {k: list(v) for k, v in s.duration.items()}
 
         yield _counter(
@@ -220,6 +225,12 @@ class LedgerMetrics(Collector):
             "Attempts that could not be priced (cost NULL).",
             ["provider", "model"],
             unpriced,
+        )
+        yield _counter(
+            "costline_cost_disagreements",
+            "Attempts whose cost reported by the emitter differs from costline's beyond the tolerance.",
+            ["provider", "model"],
+            disagreements,
         )
 
     def _headroom(self) -> Iterable[Metric]:
@@ -279,7 +290,7 @@ class LedgerMetrics(Collector):
 _ERROR_TYPES = pa.array(sorted(ERROR_TYPES), pa.string())
 _REFUSED = pa.array(REFUSAL_ERROR_TYPES, pa.string())
 _ATTEMPT_SUMS = ("cost_usd", "unpriced", "counterfactual_usd", "input_tokens", "output_tokens")
-_ATTEMPT_SUMS += ("cache_read_tokens", "cache_write_tokens", "escalation", "duration_us")
+_ATTEMPT_SUMS += ("cache_read_tokens", "cache_write_tokens", "escalation", "duration_us", "disagreements")
 _ATTEMPT_KEYS = ("provider", "model", "tier", "outcome", "error_label", "reason", "bucket")
 # Literals as Arrow scalars, made once: converting a Python value costs pyarrow ~35 µs (it tries to import
 # dateutil each time when that is not installed), and a commit would convert ~30 of them.
@@ -319,7 +330,7 @@ def _attempt_aggregates(rows: pa.Table) -> list[tuple[Any, ...]]:
             "unpriced": pc.cast(
                 pc.and_(
                     pc.is_null(rows.column("cost_usd")),
-                    pc.fill_null(pc.not_equal(rows.column("price_source"), "no-usage"), True),
+                    pc.fill_null(pc.not_equal(rows.column("price_source"), SOURCE_NO_USAGE), True),
                 ),
                 pa.int64(),
             ),
@@ -330,6 +341,7 @@ def _attempt_aggregates(rows: pa.Table) -> list[tuple[Any, ...]]:
             "cache_write_tokens": rows.column("cache_write_tokens"),
             "escalation": pc.cast(escalation, pa.int64()),
             "duration_us": micros,
+            "disagreements": pc.cast(pc.fill_null(rows.column("cost_disagrees"), _FALSE), pa.int64()),
         }
     )
     grouped = table.group_by(list(_ATTEMPT_KEYS), use_threads=False).aggregate(
@@ -357,6 +369,7 @@ def _attempt_aggregates(rows: pa.Table) -> list[tuple[Any, ...]]:
             g["reason"],
             sums["duration_us"],
             g["bucket"],
+            sums["disagreements"],
             strict=True,
         )
     )

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from collector.views import ATTEMPT_MEASURES, ESCALATION_MADE, SAVINGS_MEASURES, with_views
 from costline import clock
+from costline.pricing import COST_TOLERANCE_RATIO
 from costline.spans import ERROR_TRUNCATED, REFUSAL_ERROR_TYPES, TIER_ESCALATION
 
 # --by names → columns of attempt_costs. Only these names ever reach the SQL text.
@@ -153,6 +154,7 @@ _COST_COLUMNS = [
     _col("cost_usd", "usd", "cost"),
     _col("reported_cost_usd", "usd", "reported cost"),
     _col("unpriced_attempts", "count", "unpriced"),
+    _col("cost_disagreements", "count", "cost disagrees"),
 ]
 
 
@@ -191,6 +193,12 @@ def cost_report(reader: Reader, window: Window, by: Sequence[str] = ()) -> Repor
     if total["unpriced_attempts"]:
         table.notes.append(
             f"{total['unpriced_attempts']} attempt(s) could not be priced: their cost is missing from the totals"
+        )
+    if total["cost_disagreements"]:
+        table.notes.append(
+            f"{total['cost_disagreements']} attempt(s) carry a cost reported by their emitter that differs from "
+            f"costline's by more than {COST_TOLERANCE_RATIO:.0%}: `costline sql \"SELECT emitter, provider, model, "
+            'cost_usd, reported_cost_usd FROM attempts WHERE cost_disagrees"` lists them'
         )
     return Report("cost", window, [table], tuple(by))
 

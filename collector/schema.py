@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     span_key            UBIGINT,            -- internal: the span id's 64 bits (ids are confirmed on a hit)
     parent_key          UBIGINT,            -- internal: span_key of the parent span
     cost_disagrees      BOOLEAN,            -- reported_cost_usd differs from cost_usd beyond the tolerance
-    emitter             VARCHAR             -- the instrumentation recognised (docs/emitters.md)
+    emitter             VARCHAR,            -- the instrumentation recognised (docs/emitters.md)
+    superseded_by       VARCHAR             -- span_id of a later span with the usage of this same call (see ledger.py)
 );
 
 CREATE TABLE IF NOT EXISTS tasks (

@@ -7,7 +7,11 @@ Conventions shared by all views:
 - ``model`` is the REQUEST model (the response model when no request model was recorded), like the metrics' label.
 - ``day`` is the UTC calendar day of the attempt's start time.
 - Token counts of an attempt that reported none are 0; costs stay NULL when an attempt could not be priced, so a sum
-  of ``cost_usd`` is the priced spend and ``unpriced_attempts`` says how much is missing from it.
+  of ``cost_usd`` is the priced spend and ``unpriced_attempts`` says how much is missing from it. An attempt that
+  reported no usage at all (``price_source = 'no-usage'``, typically a failed call) has a NULL cost too, but nothing
+  is missing: it is not counted as unpriced.
+- ``cost_disagreements`` counts attempts whose emitter-reported cost (``reported_cost_usd``) differs from costline's
+  beyond the tolerance (``costline.pricing.COST_TOLERANCE_RATIO``).
 - An attempt is local when its provider runs on your own hardware (Ollama); everything else is cloud spend.
 """
 
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import duckdb
 
-from costline.pricing import LOCAL_PROVIDERS
+from costline.pricing import LOCAL_PROVIDERS, SOURCE_NO_USAGE
 from costline.spans import REFUSAL_ERROR_TYPES, TIER_ESCALATION
 
 _LOCAL_PROVIDERS_SQL = ", ".join(f"'{provider}'" for provider in sorted(LOCAL_PROVIDERS))
@@ -45,10 +49,13 @@ SELECT start_time,
        local_compute_s,
        cost_usd,
        reported_cost_usd,
+       cost_disagrees,
+       emitter,
        counterfactual_usd,
        price_source,
        service_name
 FROM attempts
+WHERE superseded_by IS NULL  -- a call described again, with its usage, by a later span
 """
 
 # The cost measures of any group of attempts; reports use the same text over their window. ATTEMPT_MEASURES is all
@@ -57,14 +64,16 @@ _ATTEMPT_COUNT = """
        count(*) AS attempts,"""
 _TASK_COUNT = """
        count(DISTINCT task_id) AS tasks,"""
-_ATTEMPT_SUMS = """
+_ATTEMPT_SUMS = f"""
        coalesce(sum(input_tokens), 0) AS input_tokens,
        coalesce(sum(output_tokens), 0) AS output_tokens,
        coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
        coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
        coalesce(sum(cost_usd), 0) AS cost_usd,
        sum(reported_cost_usd) AS reported_cost_usd,
-       count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_attempts"""
+       count(*) FILTER (WHERE cost_usd IS NULL AND price_source IS DISTINCT FROM '{SOURCE_NO_USAGE}')
+         AS unpriced_attempts,
+       count(*) FILTER (WHERE cost_disagrees) AS cost_disagreements"""
 COST_MEASURES = _ATTEMPT_COUNT + _TASK_COUNT + _ATTEMPT_SUMS
 ATTEMPT_MEASURES = _ATTEMPT_COUNT + _ATTEMPT_SUMS
 

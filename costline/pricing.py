@@ -27,6 +27,10 @@ SOURCE_GENAI_PRICES = "genai-prices"
 SOURCE_LOCAL_COMPUTE = "local-compute"
 SOURCE_LOCAL_FREE = "local-free"
 SOURCE_UNPRICED = "unpriced"
+# An emitter's own cost further than both of these from costline's is a disagreement (ledger column cost_disagrees).
+COST_TOLERANCE_RATIO = 0.02
+COST_TOLERANCE_NANOS = 1_000  # $0.000001
+SOURCE_NO_USAGE = "no-usage"  # a call that reported no token counts: its cost is unknown, and nothing to price
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,11 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import emitter_spans
+import pyarrow as pa
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -32,8 +35,10 @@ from test_collector_support import (
     task,
 )
 
+from collector.reports import cost_report, parse_window
 from collector.service import Collector
 from costline import spans as S
+from costline.config import ModelPrice
 
 RECENT = (NOW - timedelta(minutes=10)).replace(microsecond=0)
 
@@ -445,3 +450,122 @@ def test_promtool_accepts_the_metrics_page(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout + result.stderr == ""
+
+
+HAIKU = "claude-haiku-4-5"
+
+
+class _LedgerFile:
+    """A report reader over a stopped collector's ledger file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def query(self, sql: str, params: Any = ()) -> pa.Table:
+        with duckdb.connect(str(self.path), read_only=True) as con:
+            return con.execute(sql, params).to_arrow_table()
+
+
+def test_an_emitter_cost_that_disagrees_is_flagged_in_the_ledger_a_report_and_a_metric(tmp_path: Path) -> None:
+    """Logfire reports its own price of the call (list prices, from genai-prices); this user pays a negotiated
+    rate 20 % below list, set in the config, so the two figures disagree and every reader is told."""
+    logfire = next(span for span in emitter_spans.SPANS if span.name.startswith("Logfire"))
+    negotiated = ModelPrice(input=2.4, output=12.0, cache_read=0.24, cache_write=3.0)  # list: 3, 15, 0.30, 3.75
+    ledger = tmp_path / "ledger.duckdb"
+    config = collector_config(ledger, prices=lambda _: {emitter_spans.MODEL: negotiated})
+    start = ns(RECENT)
+    with Collector(config) as collector:
+        with otel(collector, service="someone-elses-app") as (_, provider):
+            tracer = provider.get_tracer(logfire.scope)
+            tracer.start_span(logfire.span_name, attributes=logfire.attributes, start_time=start).end(start + 10**9)
+            # A call whose emitter carried no cost: nothing to disagree with.
+            tracer.start_span("chat", attributes=_sdk_attributes(HAIKU), start_time=start).end(start + 10**9)
+            assert provider.force_flush()
+        got = rows(collector, "SELECT request_model, cost_usd, reported_cost_usd, cost_disagrees, price_source "
+                   "FROM attempts ORDER BY request_model")  # fmt: skip
+        values = samples(scrape(collector))
+    list_price = Decimal(emitter_spans.CALL_USD)
+    assert got == [
+        (HAIKU, Decimal("0.0035"), None, None, "genai-prices"),  # 1,000 × $1 + 500 × $5 per million
+        (emitter_spans.MODEL, list_price * Decimal("0.8"), list_price, True, "config"),
+    ]
+    disagreements = "costline_cost_disagreements_total"
+    assert sample(values, disagreements, provider="anthropic", model=emitter_spans.MODEL) == 1
+    assert [dict(labels) for name, labels in values if name == disagreements] == [
+        {"provider": "anthropic", "model": emitter_spans.MODEL}
+    ]
+    report = cost_report(_LedgerFile(ledger), parse_window(None, None, None, now=NOW), ("model",))
+    (table,) = report.tables
+    by_model = {row["model"]: row["cost_disagreements"] for row in table.rows}
+    assert by_model == {emitter_spans.MODEL: 1, HAIKU: 0}
+    assert table.total is not None and table.total["cost_disagreements"] == 1
+    assert any("1 attempt(s) carry a cost reported by their emitter that differs" in note for note in table.notes)
+
+
+def _framework_and_sdk_spans(provider: TracerProvider, *, flush_between: bool = False) -> None:
+    """A framework's GenAI span that records no usage around the SDK span of the same call, which does (20k input
+    and 2k output tokens), in OpenLLMetry's attribute names; with ``flush_between``, the outer span is exported (and
+    stored) in a request before the inner one."""
+    start = ns(RECENT)
+    outer = provider.get_tracer("opentelemetry.instrumentation.langchain").start_span(
+        f"chat {SONNET_45}",
+        kind=SpanKind.CLIENT,
+        attributes={S.ALIAS_SYSTEM: "Anthropic", S.OPERATION_NAME: "chat", S.REQUEST_MODEL: SONNET_45},
+        start_time=start,
+    )
+    with trace.use_span(outer, end_on_exit=False):
+        inner = provider.get_tracer("opentelemetry.instrumentation.anthropic").start_span(
+            "anthropic.chat",
+            kind=SpanKind.CLIENT,
+            attributes={
+                **_without_usage(_sdk_attributes()),
+                S.ALIAS_SYSTEM: "Anthropic",
+                S.ALIAS_PROMPT_TOKENS: 20_000,
+                S.ALIAS_COMPLETION_TOKENS: 2_000,
+            },
+            start_time=start + 10**6,
+        )
+    outer.end(start + 2 * 10**9)
+    if flush_between:
+        assert provider.force_flush()
+    inner.end(start + 10**9 + 5 * 10**8)
+
+
+CALL_20K_2K = Decimal("0.09")  # 20,000 × $3 + 2,000 × $15 per million
+
+
+def _without_usage(attributes: dict[str, object]) -> dict[str, object]:
+    """Without the token counts, which the caller sets in the emitter's own names."""
+    return {k: v for k, v in attributes.items() if k not in (S.USAGE_INPUT_TOKENS, S.USAGE_OUTPUT_TOKENS)}
+
+
+def test_of_an_empty_framework_span_and_its_sdk_span_the_one_with_usage_is_kept(tmp_path: Path) -> None:
+    with Collector(collector_config(tmp_path / "ledger.duckdb")) as collector:
+        with otel(collector, service="someone-elses-app") as (_, provider):
+            _framework_and_sdk_spans(provider)
+            assert provider.force_flush()
+        got = rows(collector, "SELECT span_id IS NOT NULL, input_tokens, output_tokens, cost_usd FROM attempts")
+        values = samples(scrape(collector))
+    assert got == [(True, 20_000, 2_000, CALL_20K_2K)]
+    assert sample(values, "costline_cost_usd_total", provider="anthropic", model=SONNET_45) == float(CALL_20K_2K)
+    assert sample(values, "costline_ingest_spans_total", result="duplicate") == 1  # the empty account of the call
+
+
+def test_an_empty_span_stored_first_is_superseded_by_the_span_with_usage_arriving_later(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.duckdb"
+    with Collector(collector_config(ledger)) as collector:
+        with otel(collector, service="someone-elses-app") as (_, provider):
+            _framework_and_sdk_spans(provider, flush_between=True)
+            assert provider.force_flush()
+        stored = rows(collector, "SELECT input_tokens, price_source, superseded_by IS NOT NULL FROM attempts "
+                      "ORDER BY start_time")  # fmt: skip
+        costs = rows(collector, "SELECT count(*), sum(cost_usd), sum(input_tokens) FROM attempt_costs")
+        values = samples(scrape(collector))
+    # The empty row stays for the counters that already saw it, marked; every view and report leaves it out.
+    assert stored == [(None, "no-usage", True), (20_000, "genai-prices", False)]
+    assert costs == [(1, CALL_20K_2K, 20_000)]
+    assert sample(values, "costline_cost_usd_total", provider="anthropic", model=SONNET_45) == float(CALL_20K_2K)
+    assert sample(values, "costline_tokens_total", provider="anthropic", model=SONNET_45, type="input") == 20_000
+    report = cost_report(_LedgerFile(ledger), parse_window(None, None, None, now=NOW), ("model",))
+    (table,) = report.tables
+    assert [(row["model"], row["attempts"], row["cost_usd"]) for row in table.rows] == [(SONNET_45, 1, CALL_20K_2K)]

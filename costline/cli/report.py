@@ -290,13 +290,16 @@ def human(value: Any, kind: str) -> str:
 
 
 def _shown_columns(table: ReportTable) -> list[Column]:
-    # "reported cost" only means something when some emitter carried one.
+    # "reported cost" and its disagreements only mean something when some emitter carried a cost.
     rows = [*table.rows, *([table.total] if table.total else [])]
     return [
         column
         for column in table.columns
-        if column.name != "reported_cost_usd" or any(row.get(column.name) is not None for row in rows)
+        if column.name not in _WHEN_REPORTED or any(row.get("reported_cost_usd") is not None for row in rows)
     ]
+
+
+_WHEN_REPORTED = ("reported_cost_usd", "cost_disagreements")
 
 
 def _print_tables(report: Report) -> None:
