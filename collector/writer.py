@@ -81,6 +81,14 @@ class BatchWriter:
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._stopping
 
+    def trouble(self) -> str | None:
+        """Why the writer cannot store requests now, or None when it can."""
+        if not self._thread.is_alive():
+            return "the ledger writer is not running"
+        if self._stopping:
+            return "stopping"
+        return None
+
     def start(self) -> None:
         self._thread.start()
 
