@@ -1,9 +1,10 @@
 """The collector's query endpoint under queries that never end, clients that leave, results that do not fit, and a
-collector stopped in the middle."""
+collector stopped in the middle; and Ctrl-C on ``costline sql`` reading the file."""
 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -15,8 +16,11 @@ import pytest
 from faults.otlp import post
 from faults.serve import ServedCollector
 from test_collector_support import collector_config
+from typer.testing import CliRunner
 
 from collector.service import Collector
+from costline.cli.app import app
+from costline.ledger_reader import LedgerReader, LedgerSource, QueryInterrupted
 
 ENDLESS = "SELECT count(*) FROM range(10000000000000) a"  # hours of work: it ends only if interrupted
 WAIT_S = 60
@@ -107,3 +111,44 @@ def test_sigterm_during_a_query_exits_0(tmp_path: Path, client_leaves: bool) -> 
         log = served.stderr()
     assert code == 0, log
     assert "terminate called" not in log and "ResourceInUse" not in log and "Traceback" not in log
+
+
+def _ledger(tmp_path: Path) -> Path:
+    ledger = tmp_path / "ledger.duckdb"
+    duckdb.connect(str(ledger)).close()
+    return ledger
+
+
+def _interrupt_once_running(thread_name: str) -> threading.Thread:
+    """Ctrl-C to the main thread once the query's worker thread exists (what a terminal's SIGINT does)."""
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def send() -> None:
+        for _ in range(WAIT_S * 100):
+            if any(t.name == thread_name for t in threading.enumerate()):
+                signal.pthread_kill(main, signal.SIGINT)
+                return
+            threading.Event().wait(0.01)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    return sender
+
+
+def test_ctrl_c_stops_a_file_query_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = _ledger(tmp_path)
+    reader = LedgerReader(LedgerSource(ledger, "http://127.0.0.1:1"))
+    sender = _interrupt_once_running("costline-sql")
+    with pytest.raises(QueryInterrupted, match="interrupted; the query was stopped"):
+        reader.query(ENDLESS)
+    sender.join()
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'[collector]\nledger = "{ledger}"\nmetrics_port = 1\n', encoding="utf-8")
+    monkeypatch.setenv("COLUMNS", "200")
+    sender = _interrupt_once_running("costline-sql")
+    result = CliRunner().invoke(app, ["sql", ENDLESS, "--config", str(config)])
+    sender.join()
+    assert result.exit_code == 130
+    assert result.output.strip() == "error: interrupted; the query was stopped"
