@@ -393,7 +393,13 @@ class MetricsHandler(_Handler):
             self._send(404, b"not found; try /metrics\n", "text/plain; charset=utf-8")
             return
         registry: CollectorRegistry = self.server.registry  # type: ignore[attr-defined]
-        self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+        try:
+            page = generate_latest(registry)
+        except duckdb.Error as exc:  # the gauges read the ledger: say why instead of dropping the connection
+            log.error("/metrics could not read the ledger: %s", exc)
+            self._send(503, f"the ledger cannot be read: {exc}\n".encode(), "text/plain; charset=utf-8")
+            return
+        self._send(200, page, CONTENT_TYPE_LATEST)
 
     def do_POST(self) -> None:
         if self.path.split("?", 1)[0] != "/api/v1/query":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -36,7 +37,8 @@ class Collector:
         self._con = open_ledger(col.ledger, memory_limit=f"{col.ledger_memory_mb}MB")
         try:
             self._token = config.ingest_token
-            self.metrics = LedgerMetrics(config, self._con.cursor)
+            self._con_lock = threading.Lock()
+            self.metrics = LedgerMetrics(config, self._cursor)
             self.metrics.seed(self._con)
             self.registry = make_registry(self.metrics)
             self._pricer = FastPricer(Pricer(config))
@@ -53,6 +55,8 @@ class Collector:
                 self._on_commit,
                 max_queued_spans=col.max_queued_spans,
                 linger_s=col.commit_linger_ms / 1000,
+                reopen=self._reopen,
+                probe=self._probe,
             )
         except BaseException:
             self._con.close()
@@ -190,4 +194,27 @@ class Collector:
         return self._cursor()
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
-        return self._con.cursor()
+        with self._con_lock:
+            return self._con.cursor()
+
+    # --- a ledger that failed ---------------------------------------------------------------------------------
+
+    def _probe(self) -> None:
+        self._writer_con.execute("SELECT 1").fetchall()
+
+    def _reopen(self) -> LedgerWriter:
+        """Close the invalidated ledger and open it again (on the writer thread); raises while it cannot be."""
+        col = self.config.collector
+        with self._con_lock:
+            for con in (self._writer_con, self._con):
+                with contextlib.suppress(duckdb.Error):
+                    con.close()
+            self._con = open_ledger(col.ledger, memory_limit=f"{col.ledger_memory_mb}MB")
+            self._writer_con = self._con.cursor()
+            try:
+                self._probe()
+            except duckdb.Error:
+                self._writer_con.close()
+                self._con.close()
+                raise
+        return LedgerWriter(self._writer_con)
