@@ -199,8 +199,8 @@ def _interruptible(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) 
             done.set()
 
     worker = threading.Thread(target=run, name="costline-sql", daemon=True)
-    worker.start()
     try:
+        worker.start()  # Ctrl-C may land while start() waits for the thread to run: it runs all the same
         done.wait()
     except KeyboardInterrupt:
         # An interrupt that lands before DuckDB starts the query is lost: repeat it until the query has ended.
