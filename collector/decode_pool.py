@@ -10,9 +10,13 @@ the sender), and the pool is started again.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
 import multiprocessing
+import os
+import select
+import signal
 import sys
 import threading
 import time
@@ -84,8 +88,45 @@ def warm_up(config: Config, pricer: FastPricer) -> MappedRequest:
     return decode_and_map(request.SerializeToString(), False, pricer)
 
 
-def _init_worker(config: Config) -> None:
+PR_SET_PDEATHSIG = 1
+
+
+def die_with(parent: int) -> None:
+    """End this process as soon as ``parent`` ends, however it ends (``kill -9`` included).
+
+    A thread waits on a pidfd of the parent (Linux >= 5.3), which becomes readable when the parent exits. Where
+    pidfds are missing, the kernel's parent-death signal stands in for it (it follows the parent *thread*, which
+    is why it is only the fallback). Workers that outlive the collector would also keep multiprocessing's resource
+    tracker alive, since it exits once every holder of its pipe has.
+    """
+    try:
+        watched = os.pidfd_open(parent)
+    except ProcessLookupError:  # already gone
+        os._exit(1)
+    except (AttributeError, OSError):
+        _parent_death_signal()
+        if os.getppid() != parent:
+            os._exit(1)
+        return
+
+    def watch() -> None:
+        select.select([watched], [], [])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="costline-parent-watch", daemon=True).start()
+
+
+def _parent_death_signal() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the worker ends when the collector shuts the pool down
+        log.debug("no way to follow the collector's death on this platform")
+
+
+def _init_worker(config: Config, parent: int) -> None:
     global _worker_pricer
+    die_with(parent)
     _worker_pricer = FastPricer(Pricer(config))
     warm_up(config, _worker_pricer)
 
@@ -203,7 +244,7 @@ class Decoder:
             max_workers=self._workers,
             mp_context=multiprocessing.get_context("spawn"),  # never fork a process that holds DuckDB and threads
             initializer=_init_worker,
-            initargs=(self._config,),
+            initargs=(self._config, os.getpid()),
         )
         self._pool = pool
         _widen_pipes(pool)

@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import threading
 import zlib
 from collections.abc import Callable
@@ -22,7 +23,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
@@ -32,7 +32,7 @@ from prometheus_client.registry import CollectorRegistry
 from collector.decode_pool import DecoderUnavailable
 from collector.mapping import MappedRequest
 from collector.otlp_decode import DecodeError
-from collector.query import ReadOnlyViolation, run_read_only
+from collector.query import Queries, QueryCancelled, ReadOnlyViolation, ResultTooLarge
 from collector.writer import BatchWriter, Pending, QueueFull, WriteFailed
 
 log = logging.getLogger(__name__)
@@ -43,20 +43,32 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 MAX_QUERY_BODY = 1024 * 1024
 COMMIT_TIMEOUT_S = 60.0
 MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
+READ_CHUNK = 64 * 1024
+GZIP_MAGIC = b"\x1f\x8b"
+_DIGITS = re.compile(r"[0-9]+")
 
 
 class InFlightBytes:
-    """Bounds the request bodies held at once (read, decompressed, being decoded): beyond the bound the receiver
-    answers 503 with Retry-After at once, so memory stays bounded however many senders connect. A request is
-    always admitted when nothing else is in flight."""
+    """Bounds the request bodies held at once (received, decompressed, being decoded): beyond the bound the receiver
+    answers 503 with Retry-After at once, so memory stays bounded however many senders connect. Only bytes that
+    have arrived are counted, never a Content-Length that was merely announced, so idle senders hold nothing. A
+    request is always admitted when nothing else is in flight."""
 
     def __init__(self, limit: int) -> None:
         self._limit, self._held = limit, 0
         self._lock = threading.Lock()
 
-    def try_acquire(self, n: int) -> bool:
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def hold(self) -> Hold:
+        return Hold(self)
+
+    def try_acquire(self, n: int, own: int = 0) -> bool:
+        """Take ``n`` more bytes for a request that already holds ``own``."""
         with self._lock:
-            if self._held and self._held + n > self._limit:
+            if self._held > own and self._held + n > self._limit:
                 return False
             self._held += n
             return True
@@ -64,6 +76,74 @@ class InFlightBytes:
     def release(self, n: int) -> None:
         with self._lock:
             self._held -= n
+
+
+class Hold:
+    """What one request holds of the in-flight budget; grows as its body arrives, released at once at the end."""
+
+    def __init__(self, gate: InFlightBytes) -> None:
+        self._gate, self.bytes = gate, 0
+
+    def grow_to(self, n: int) -> bool:
+        if n <= self.bytes:
+            return True
+        if not self._gate.try_acquire(n - self.bytes, self.bytes):
+            return False
+        self.bytes = n
+        return True
+
+    def __enter__(self) -> Hold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._gate.release(self.bytes)
+        self.bytes = 0
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its request was whole; there is no one to answer."""
+
+
+class Refused(Exception):
+    """A request body that is answered with an error status instead of being ingested."""
+
+    def __init__(
+        self, http_status: int, code: int, message: str, *, close: bool = False, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.http_status, self.code, self.close, self.headers = http_status, code, close, headers
+
+
+def gunzip(raw: bytes, max_bytes: int) -> bytes:
+    """Every member of a gzip body (RFC 1952 allows several, read as one), at most ``max_bytes`` once inflated.
+
+    Bytes after a member that do not start another member are refused rather than ignored, as is a member cut
+    short; the bound holds for the members together, so a bomb split in parts is refused too.
+    """
+    parts: list[bytes] = []
+    size = 0
+    rest = raw
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            part = inflater.decompress(rest, max_bytes + 1 - size)
+        except zlib.error as exc:
+            raise Refused(400, code_pb2.INVALID_ARGUMENT, f"malformed gzip body: {exc}") from None
+        size += len(part)
+        if size > max_bytes:
+            raise Refused(413, code_pb2.RESOURCE_EXHAUSTED, f"request larger than {max_bytes} bytes after gzip")
+        if not inflater.eof:
+            raise Refused(400, code_pb2.INVALID_ARGUMENT, "truncated gzip body")
+        parts.append(part)
+        rest = inflater.unused_data
+        if not rest:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        if not rest.startswith(GZIP_MAGIC):
+            raise Refused(
+                400,
+                code_pb2.INVALID_ARGUMENT,
+                f"malformed gzip body: {len(rest)} byte(s) after the last gzip member are not another member",
+            )
 
 
 class _Server(ThreadingHTTPServer):
@@ -86,10 +166,12 @@ def is_loopback(host: str) -> bool:
 
 
 def token_ok(header: str | None, token: str | None) -> bool:
+    """The auth scheme is case-insensitive (RFC 7235 §2.1), the token is compared in constant time."""
     if token is None:
         return True
-    expected = f"Bearer {token}".encode()
-    return hmac.compare_digest((header or "").encode("utf-8", "replace"), expected)
+    scheme, _, credentials = (header or "").strip().partition(" ")
+    given = f"Bearer {credentials.strip()}" if scheme.lower() == "bearer" else header or ""
+    return hmac.compare_digest(given.encode("utf-8", "replace"), f"Bearer {token}".encode())
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -97,13 +179,33 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "costline-collector"
     sys_version = ""
 
+    def setup(self) -> None:
+        # Every read of headers and body waits at most this long for the next bytes: a sender that stalls loses
+        # its connection instead of holding a thread and its share of the in-flight budget.
+        self.timeout = getattr(self.server, "read_timeout_s", None)
+        super().setup()
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+    def handle_expect_100(self) -> bool:
+        """``100 Continue`` is sent by :meth:`_continue`, once the request has passed the checks that need no body."""
+        return True
+
+    def _continue(self) -> None:
+        if self._expects_continue() and self.request_version >= "HTTP/1.1":
+            self.send_response_only(100)
+            self.end_headers()
+
+    def _expects_continue(self) -> bool:
+        return (self.headers.get("Expect") or "").strip().lower() == "100-continue"
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -111,66 +213,79 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _discard_body(self) -> None:
-        """Read what the client sent (up to a bound) so the connection can be reused, or close it."""
+        """Read what the client sent (up to a bound) so the connection can be reused, or close it. A client that
+        waits for ``100 Continue`` sends no body: its connection is closed, as it would not know what to send."""
         length = self._content_length()
-        if length is None or length > 1024 * 1024:
+        if length is None or length > 1024 * 1024 or self._expects_continue():
             self.close_connection = True
             return
         if length:
             self.rfile.read(length)
 
     def _content_length(self) -> int | None:
-        raw = self.headers.get("Content-Length")
-        if raw is None:
+        """The one Content-Length, digits only (RFC 9110 §8.6); None when absent, repeated or malformed."""
+        values = self.headers.get_all("Content-Length") or []
+        if len(values) != 1 or not _DIGITS.fullmatch(values[0].strip()):
             return None
-        try:
-            length = int(raw)
-        except ValueError:
-            return None
-        return length if length >= 0 else None
+        return int(values[0])
+
+    def _framing_error(self) -> tuple[int, str] | None:
+        """Why the body cannot be delimited safely (status, message), if it cannot; the connection is then closed,
+        since where this request ends and the next begins is unknown (RFC 9112 §6.3)."""
+        if len(self.headers.get_all("Content-Length") or []) > 1:
+            return 400, "duplicate Content-Length headers; send exactly one"
+        if (self.headers.get("Transfer-Encoding") or "").lower() not in ("", "identity"):
+            return 411, "send the body with a Content-Length"
+        if self._content_length() is None:
+            return 411, "a valid Content-Length is required"
+        return None
 
     def _probe(self) -> bool:
-        ready: Callable[[], bool] = self.server.ready  # type: ignore[attr-defined]
         if self.path == "/healthz":
             self._send(200, b"ok\n", "text/plain; charset=utf-8")
             return True
         if self.path == "/readyz":
-            if ready():
+            not_ready: Callable[[], str | None] = self.server.not_ready  # type: ignore[attr-defined]
+            reason = not_ready()
+            if reason is None:
                 self._send(200, b"ready\n", "text/plain; charset=utf-8")
             else:
-                self._send(503, b"not ready\n", "text/plain; charset=utf-8", {"Retry-After": "1"})
+                self._send(503, f"not ready: {reason}\n".encode(), "text/plain; charset=utf-8", {"Retry-After": "1"})
             return True
         return False
 
 
 class OtlpHandler(_Handler):
-    """Bound to a server that has ``decoder``, ``writer``, ``in_flight``, ``max_bytes``, ``token`` and ``ready``."""
+    """Bound to a server that has ``decoder``, ``writer``, ``in_flight``, ``max_bytes``, ``read_timeout_s``,
+    ``token`` and ``not_ready``."""
 
     def do_GET(self) -> None:
         if not self._probe():
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
     def do_POST(self) -> None:
+        media = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
         try:
-            self._export()
+            self._export(media, media == JSON)
+        except ClientGone:
+            self.close_connection = True
+        except Refused as exc:
+            self.close_connection = self.close_connection or exc.close
+            self._status(exc.http_status, exc.code, str(exc), media == JSON, exc.headers)
         except Exception:  # never drop a connection without an answer; the sender may retry a 500
             log.exception("unexpected error while ingesting a request")
             self.close_connection = True
-            media = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
             self._status(500, code_pb2.INTERNAL, "internal error; see the collector log", media == JSON)
 
-    def _export(self) -> None:
+    def _export(self, media: str, answer_json: bool) -> None:
         if self.path.split("?", 1)[0] != "/v1/traces":
             self._discard_body()
             self._send(404, b"not found; OTLP traces go to POST /v1/traces\n", "text/plain; charset=utf-8")
             return
         server: Any = self.server
-        media = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-        answer_json = media == JSON
         if not token_ok(self.headers.get("Authorization"), server.token):
             self._discard_body()
-            self._status(401, code_pb2.UNAUTHENTICATED, "missing or wrong bearer token", answer_json)
-            return
+            raise Refused(401, code_pb2.UNAUTHENTICATED, "missing or wrong bearer token")
         if media not in (PROTOBUF, JSON):
             self._discard_body()
             self._send(
@@ -179,28 +294,53 @@ class OtlpHandler(_Handler):
                 "text/plain; charset=utf-8",
             )
             return
-        gate: InFlightBytes = server.in_flight
-        held = min(self._content_length() or 0, server.max_bytes)
-        if not gate.try_acquire(held):
-            self.close_connection = True  # the body is not read
-            self._busy(answer_json)
+        encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding not in ("identity", "gzip"):
+            self._discard_body()
+            self._send(
+                415,
+                f"unsupported Content-Encoding {encoding!r}; use gzip or none\n".encode(),
+                "text/plain; charset=utf-8",
+            )
             return
-        try:
-            body = self._read_body(server.max_bytes, answer_json)
-            if body is None:
-                return
-            if len(body) > held:  # gzip: hold the inflated size too
-                if not gate.try_acquire(len(body) - held):
-                    self._busy(answer_json)
-                    return
-                held = len(body)
+        problem = self._framing_error()
+        if problem is not None:
+            raise Refused(problem[0], code_pb2.INVALID_ARGUMENT, problem[1], close=True)
+        length = self._content_length() or 0
+        if length > server.max_bytes:  # the body is not read; the connection cannot be reused
+            raise Refused(413, code_pb2.RESOURCE_EXHAUSTED, f"request larger than {server.max_bytes} bytes", close=True)
+        self._continue()
+        with server.in_flight.hold() as held:
+            raw = self._receive(length, held)
+            body = raw if encoding == "identity" else gunzip(raw, server.max_bytes)
+            if not held.grow_to(len(body)):  # gzip: hold the inflated size too
+                raise self._busy()
             self._ingest(server, body, answer_json)
-        finally:
-            gate.release(held)
 
-    def _busy(self, answer_json: bool) -> None:
+    def _receive(self, length: int, held: Hold) -> bytes:
+        """The body as it arrives, each chunk counted against the in-flight budget once received."""
+        body = bytearray()
+        try:
+            while len(body) < length:
+                chunk = self.rfile.read1(min(READ_CHUNK, length - len(body)))
+                if not chunk:
+                    raise ClientGone
+                body += chunk
+                if not held.grow_to(len(body)):
+                    raise self._busy()
+        except TimeoutError:
+            log.info("%s: request body stalled for %s s; connection closed", self.address_string(), self.timeout)
+            raise Refused(
+                408,
+                code_pb2.DEADLINE_EXCEEDED,
+                f"no body bytes for {self.timeout} s; send the body at once",
+                close=True,
+            ) from None
+        return bytes(body)
+
+    def _busy(self) -> Refused:
         message = "the collector is busy decoding other requests; retry shortly"
-        self._status(503, code_pb2.UNAVAILABLE, message, answer_json, {"Retry-After": "1"})
+        return Refused(503, code_pb2.UNAVAILABLE, message, close=True, headers={"Retry-After": "1"})
 
     def _ingest(self, server: Any, body: bytes, answer_json: bool) -> None:
         writer: BatchWriter = server.writer
@@ -230,50 +370,6 @@ class OtlpHandler(_Handler):
             response.partial_success.error_message = mapped.rejection_message()
         self._message(200, response, answer_json)
 
-    def _read_body(self, max_bytes: int, answer_json: bool) -> bytes | None:
-        if (self.headers.get("Transfer-Encoding") or "").lower() not in ("", "identity"):
-            self.close_connection = True
-            self._status(411, code_pb2.INVALID_ARGUMENT, "send the body with a Content-Length", answer_json)
-            return None
-        length = self._content_length()
-        if length is None:
-            self.close_connection = True
-            self._status(411, code_pb2.INVALID_ARGUMENT, "a valid Content-Length is required", answer_json)
-            return None
-        if length > max_bytes:
-            self.close_connection = True  # the body is not read; the connection cannot be reused
-            self._status(413, code_pb2.RESOURCE_EXHAUSTED, f"request larger than {max_bytes} bytes", answer_json)
-            return None
-        raw = self.rfile.read(length)
-        if len(raw) != length:
-            self.close_connection = True
-            return None
-        encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
-        if encoding == "identity":
-            return raw
-        if encoding != "gzip":
-            self._send(
-                415,
-                f"unsupported Content-Encoding {encoding!r}; use gzip or none\n".encode(),
-                "text/plain; charset=utf-8",
-            )
-            return None
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            body = inflater.decompress(raw, max_bytes + 1)
-        except zlib.error as exc:
-            self._status(400, code_pb2.INVALID_ARGUMENT, f"malformed gzip body: {exc}", answer_json)
-            return None
-        if len(body) > max_bytes:
-            self._status(
-                413, code_pb2.RESOURCE_EXHAUSTED, f"request larger than {max_bytes} bytes after gzip", answer_json
-            )
-            return None
-        if not inflater.eof:
-            self._status(400, code_pb2.INVALID_ARGUMENT, "truncated gzip body", answer_json)
-            return None
-        return body
-
     def _message(self, status: int, message: Any, as_json: bool, headers: dict[str, str] | None = None) -> None:
         if as_json:
             body = json_format.MessageToJson(message, indent=None).encode()
@@ -288,7 +384,7 @@ class OtlpHandler(_Handler):
 
 
 class MetricsHandler(_Handler):
-    """Bound to a server that has ``registry``, ``reader``, ``token`` and ``ready`` attributes."""
+    """Bound to a server that has ``registry``, ``queries``, ``read_timeout_s``, ``token`` and ``not_ready``."""
 
     def do_GET(self) -> None:
         if self._probe():
@@ -297,7 +393,13 @@ class MetricsHandler(_Handler):
             self._send(404, b"not found; try /metrics\n", "text/plain; charset=utf-8")
             return
         registry: CollectorRegistry = self.server.registry  # type: ignore[attr-defined]
-        self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+        try:
+            page = generate_latest(registry)
+        except duckdb.Error as exc:  # the gauges read the ledger: say why instead of dropping the connection
+            log.error("/metrics could not read the ledger: %s", exc)
+            self._send(503, f"the ledger cannot be read: {exc}\n".encode(), "text/plain; charset=utf-8")
+            return
+        self._send(200, page, CONTENT_TYPE_LATEST)
 
     def do_POST(self) -> None:
         if self.path.split("?", 1)[0] != "/api/v1/query":
@@ -314,31 +416,51 @@ class MetricsHandler(_Handler):
             self._discard_body()
             self._error(403, "the query endpoint answers loopback clients only unless COSTLINE_INGEST_TOKEN is set")
             return
+        problem = self._framing_error()
         length = self._content_length()
-        if length is None or length > MAX_QUERY_BODY:
+        if problem is not None or length is None or length > MAX_QUERY_BODY:
             self.close_connection = True
-            self._error(413 if length else 411, f"send a JSON body of at most {MAX_QUERY_BODY} bytes")
+            status, message = problem or (413, f"send a JSON body of at most {MAX_QUERY_BODY} bytes")
+            self._error(status, message)
+            return
+        self._continue()
+        try:
+            raw = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            self._error(408, f"no body bytes for {self.timeout} s; send the body at once")
+            return
+        if len(raw) != length:
+            self.close_connection = True
             return
         try:
-            request = json.loads(self.rfile.read(length))
+            request = json.loads(raw)
             sql, params = request["sql"], request.get("params") or []
             if not isinstance(sql, str) or not isinstance(params, list):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
             self._error(400, 'the body must be JSON {"sql": "SELECT …", "params": [...]}')
             return
+        queries: Queries = server.queries
         try:
-            table = run_read_only(server.reader, sql, params)
+            answer = queries.run(sql, params, self.connection)
         except ReadOnlyViolation as exc:
             self._error(400, str(exc))
+            return
+        except ResultTooLarge as exc:
+            self._error(413, str(exc))
+            return
+        except QueryCancelled as exc:
+            if exc.client_gone:
+                log.info("%s left before its query finished; the query was interrupted", self.address_string())
+                self.close_connection = True
+                return
+            self._error(exc.http_status, str(exc))
             return
         except duckdb.Error as exc:
             self._error(400, str(exc))
             return
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as stream:
-            stream.write_table(table)
-        self._send(200, sink.getvalue().to_pybytes(), ARROW_STREAM)
+        self._send(200, answer, ARROW_STREAM)
 
     def _error(self, status: int, message: str) -> None:
         self._send(status, json.dumps({"error": message}).encode(), JSON)

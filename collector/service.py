@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -15,6 +16,7 @@ from collector.http import MAX_IN_FLIGHT_BYTES, InFlightBytes, MetricsHandler, O
 from collector.ledger import LedgerWriter, WriteResult, open_ledger
 from collector.metrics import LedgerMetrics, make_registry
 from collector.price_cache import FastPricer
+from collector.query import Queries
 from collector.writer import BatchWriter
 from costline.config import Config
 from costline.pricing import Pricer
@@ -35,18 +37,26 @@ class Collector:
         self._con = open_ledger(col.ledger, memory_limit=f"{col.ledger_memory_mb}MB")
         try:
             self._token = config.ingest_token
-            self.metrics = LedgerMetrics(config, self._con.cursor)
+            self._con_lock = threading.Lock()
+            self.metrics = LedgerMetrics(config, self._cursor)
             self.metrics.seed(self._con)
             self.registry = make_registry(self.metrics)
             self._pricer = FastPricer(Pricer(config))
             self.decoder = Decoder(config, self._pricer, col.decode_workers)
             self.metrics.warm_up(warm_up(config, self._pricer).attempts)
             self._writer_con = self._con.cursor()
+            self.queries = Queries(
+                self._cursor,
+                timeout_s=col.query_timeout_s,
+                max_result_bytes=col.max_query_result_mb << 20,
+            )
             self._writer = BatchWriter(
                 LedgerWriter(self._writer_con),
                 self._on_commit,
                 max_queued_spans=col.max_queued_spans,
                 linger_s=col.commit_linger_ms / 1000,
+                reopen=self._reopen,
+                probe=self._probe,
             )
         except BaseException:
             self._con.close()
@@ -75,14 +85,16 @@ class Collector:
             otlp.server_close()
             raise
         for server in (otlp, metrics):
-            server.ready = self.ready  # type: ignore[attr-defined]
+            server.not_ready = self.not_ready  # type: ignore[attr-defined]
             server.token = self._token  # type: ignore[attr-defined]
+            server.read_timeout_s = col.read_timeout_s  # type: ignore[attr-defined]
         otlp.decoder = self.decoder  # type: ignore[attr-defined]
         otlp.writer = self._writer  # type: ignore[attr-defined]
         otlp.max_bytes = col.max_request_bytes  # type: ignore[attr-defined]
-        otlp.in_flight = InFlightBytes(max(MAX_IN_FLIGHT_BYTES, col.max_request_bytes))  # type: ignore[attr-defined]
+        self._in_flight = InFlightBytes(max(MAX_IN_FLIGHT_BYTES, col.max_request_bytes))
+        otlp.in_flight = self._in_flight  # type: ignore[attr-defined]
         metrics.registry = self.registry  # type: ignore[attr-defined]
-        metrics.reader = self._con.cursor  # type: ignore[attr-defined]
+        metrics.queries = self.queries  # type: ignore[attr-defined]
         self._servers = [otlp, metrics]
         for server, name in ((otlp, "otlp"), (metrics, "metrics")):
             thread = threading.Thread(
@@ -101,6 +113,8 @@ class Collector:
         for server in self._servers:
             server.shutdown()
             server.server_close()
+        if not self.queries.close():
+            log.error("a query did not end after its interrupt; closing the ledger anyway")
         self._writer.stop()
         self.decoder.close()
         self._writer_con.close()
@@ -120,8 +134,24 @@ class Collector:
     ) -> None:
         self.stop()
 
+    @property
     def ready(self) -> bool:
-        return self._started and not self._stopped and self._writer.alive and not self.decoder.warming
+        return self.not_ready() is None
+
+    def not_ready(self) -> str | None:
+        """Why requests would be refused now, or None when the collector takes them."""
+        if not self._started:
+            return "starting"
+        if self._stopped:
+            return "stopping"
+        if self.decoder.warming:
+            return "decoder processes are starting"
+        return self._writer.trouble()
+
+    @property
+    def otlp_in_flight_bytes(self) -> int:
+        """Request bytes received and not yet answered."""
+        return self._in_flight.held
 
     # --- addresses --------------------------------------------------------------------------------------------
 
@@ -161,4 +191,30 @@ class Collector:
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
         """A new cursor on the ledger (read it while the collector runs; close it when done)."""
-        return self._con.cursor()
+        return self._cursor()
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        with self._con_lock:
+            return self._con.cursor()
+
+    # --- a ledger that failed ---------------------------------------------------------------------------------
+
+    def _probe(self) -> None:
+        self._writer_con.execute("SELECT 1").fetchall()
+
+    def _reopen(self) -> LedgerWriter:
+        """Close the invalidated ledger and open it again (on the writer thread); raises while it cannot be."""
+        col = self.config.collector
+        with self._con_lock:
+            for con in (self._writer_con, self._con):
+                with contextlib.suppress(duckdb.Error):
+                    con.close()
+            self._con = open_ledger(col.ledger, memory_limit=f"{col.ledger_memory_mb}MB")
+            self._writer_con = self._con.cursor()
+            try:
+                self._probe()
+            except duckdb.Error:
+                self._writer_con.close()
+                self._con.close()
+                raise
+        return LedgerWriter(self._writer_con)

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import duckdb
+
 from collector.ledger import LedgerWriter, WriteResult
 from collector.mapping import MappedRequest
 
@@ -31,6 +33,23 @@ class QueueFull(Exception):
 
 class WriteFailed(Exception):
     """The batch holding this request could not be committed; nothing of it was stored."""
+
+
+REOPEN_INTERVAL_S = 1.0
+
+
+def real_error(exc: BaseException) -> BaseException:
+    """The error that made a write fail, not the failed ROLLBACK that followed it ("cannot rollback - no
+    transaction is active" when the COMMIT itself failed), which Python chains in front of it."""
+    while isinstance(exc, duckdb.Error) and "cannot rollback" in str(exc) and exc.__context__ is not None:
+        exc = exc.__context__
+    return exc
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """DuckDB has invalidated the database (e.g. a checkpoint failed on a full disk): every later statement fails
+    until the database is opened again."""
+    return isinstance(real_error(exc), duckdb.FatalException) or isinstance(exc, duckdb.FatalException)
 
 
 @dataclass
@@ -59,8 +78,13 @@ class BatchWriter:
         max_queued_spans: int,
         max_batch_spans: int = 65_536,
         linger_s: float = 0.0,
+        reopen: Callable[[], LedgerWriter] | None = None,
+        probe: Callable[[], None] | None = None,
     ) -> None:
         self._ledger = ledger
+        self._reopen = reopen
+        self._probe = probe
+        self._broken: str | None = None  # why the ledger cannot be written, until it is opened again
         self._on_commit = on_commit
         self._max_queued = max_queued_spans
         self._max_batch = max_batch_spans
@@ -80,6 +104,16 @@ class BatchWriter:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._stopping
+
+    def trouble(self) -> str | None:
+        """Why the writer cannot store requests now, or None when it can."""
+        if not self._thread.is_alive():
+            return "the ledger writer is not running"
+        if self._stopping:
+            return "stopping"
+        if self._broken is not None:
+            return f"the ledger is unavailable ({self._broken}); reopening it"
+        return None
 
     def start(self) -> None:
         self._thread.start()
@@ -102,6 +136,8 @@ class BatchWriter:
         with self._cond:
             if self._stopping:
                 raise QueueFull(1)
+            if self._broken is not None:
+                raise WriteFailed(f"the ledger is unavailable ({self._broken}); the collector is reopening it")
             # One oversized request is admitted into an empty queue, so no request size can starve forever.
             if self._queued_spans and self._queued_spans + spans > self._max_queued:
                 raise QueueFull(self._retry_after())
@@ -152,8 +188,11 @@ class BatchWriter:
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
+            if self._broken is not None:
+                self._recover()
             if not batch:
                 self._ledger.checkpoint()  # between bursts, not inside a commit that requests wait on
+                self._check()
                 continue
             started = time.perf_counter()
             try:
@@ -175,6 +214,39 @@ class BatchWriter:
                 self._rate = 0.8 * self._rate + 0.2 * (sum(item.spans for item in batch) / elapsed)
         self._ledger.checkpoint()
 
+    def _check(self) -> None:
+        """Between bursts: is the ledger still usable? A failed checkpoint can invalidate it without a write."""
+        if self._probe is None:
+            return
+        try:
+            self._probe()
+        except duckdb.Error as exc:
+            if is_fatal(exc):
+                self._mark_broken(exc)
+
+    def _mark_broken(self, exc: BaseException) -> None:
+        if self._broken is None:
+            log.error("the ledger failed and must be opened again: %s", real_error(exc))
+        self._broken = str(real_error(exc)).splitlines()[0]
+
+    def _recover(self) -> None:
+        """Open the ledger again (DuckDB replays its WAL, so every committed row is kept); while that fails (the
+        disk is still full), requests are refused with 503 and /readyz says why, and it is tried again."""
+        if self._reopen is None:
+            return
+        try:
+            self._ledger = self._reopen()
+        except Exception as exc:
+            message = str(real_error(exc)).splitlines()[0]
+            if message != self._broken:
+                log.error("the ledger cannot be opened again yet (retrying every %g s): %s", REOPEN_INTERVAL_S, message)
+            self._broken = message
+            with self._cond:
+                self._cond.wait(REOPEN_INTERVAL_S)  # stop() wakes it
+            return
+        log.info("the ledger was opened again; ingest resumes")
+        self._broken = None
+
     def _commit(self, batch: list[Pending]) -> None:
         rejected = sum(len(item.request.rejected) for item in batch)
         result = self._ledger.write(
@@ -187,9 +259,11 @@ class BatchWriter:
         for item in batch:
             item.done.set()
 
-    @staticmethod
-    def _fail(batch: list[Pending], exc: BaseException) -> None:
-        log.error("ledger write failed, %d request(s) not stored (senders will retry): %s", len(batch), exc)
+    def _fail(self, batch: list[Pending], exc: BaseException) -> None:
+        cause = real_error(exc)
+        log.error("ledger write failed, %d request(s) not stored (senders will retry): %s", len(batch), cause)
+        if is_fatal(exc):
+            self._mark_broken(exc)
         for item in batch:
-            item.error = exc
+            item.error = cause
             item.done.set()

@@ -97,6 +97,9 @@ class CollectorConfig:
     ledger_memory_mb: int = 96  # DuckDB memory limit of the collector's ledger; larger queries spill to disk
     decode_workers: int = 1  # processes that decode large OTLP requests; 0: in the collector process
     commit_linger_ms: float = 3.0  # group commit: wait this long for requests still being decoded; 0: never wait
+    read_timeout_s: float = 30.0  # a connection that sends no bytes for this long is closed
+    query_timeout_s: float = 30.0  # a /api/v1/query query running longer is cancelled
+    max_query_result_mb: int = 64  # a /api/v1/query answer larger than this is refused
 
 
 @dataclass(frozen=True)
@@ -456,6 +459,27 @@ def _validate(c: Config) -> None:
         "collector.commit_linger_ms",
         col.commit_linger_ms,
         "must be 0-1000 (milliseconds a commit may wait for requests still being decoded)",
+        s,
+    )
+    _check(
+        0 < col.read_timeout_s <= 3600,
+        "collector.read_timeout_s",
+        col.read_timeout_s,
+        "must be > 0 and <= 3600 (seconds a connection may send nothing before it is closed)",
+        s,
+    )
+    _check(
+        0 < col.query_timeout_s <= 86400,
+        "collector.query_timeout_s",
+        col.query_timeout_s,
+        "must be > 0 and <= 86400 (seconds a query through the collector may run)",
+        s,
+    )
+    _check(
+        1 <= col.max_query_result_mb <= 65536,
+        "collector.max_query_result_mb",
+        col.max_query_result_mb,
+        "must be 1-65536 (MB a query answer through the collector may take)",
         s,
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -44,6 +45,10 @@ class NotReadOnlyError(LedgerError):
 
 class QueryError(LedgerError):
     """DuckDB refused the query; the message is DuckDB's."""
+
+
+class QueryInterrupted(LedgerError):
+    """The user pressed Ctrl-C while the query ran; the query was stopped."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,7 @@ class LedgerReader:
             return self._query_collector(sql, params)
         self.via = "file"
         try:
-            return con.sql(sql, params=list(params)).to_arrow_table()
+            return _interruptible(con, sql, list(params))
         except duckdb.Error as exc:
             # A SELECT can hide a write (a data-modifying CTE); the read-only connection is what stops it.
             if "read-only mode" in str(exc):
@@ -177,6 +182,35 @@ class LedgerReader:
                 f"the collector refused the query ({exc.code}: {message}); set {TOKEN_ENV} to the collector's token"
             )
         return LedgerError(f"the collector answered {exc.code}: {message}")
+
+
+def _interruptible(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> pa.Table:
+    """Run the query on a thread so that Ctrl-C, which Python delivers to the main thread only between bytecodes,
+    reaches this thread's wait and interrupts DuckDB instead of waiting for the query to end."""
+    done = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["table"] = con.sql(sql, params=params).to_arrow_table()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=run, name="costline-sql", daemon=True)
+    try:
+        worker.start()  # Ctrl-C may land while start() waits for the thread to run: it runs all the same
+        done.wait()
+    except KeyboardInterrupt:
+        # An interrupt that lands before DuckDB starts the query is lost: repeat it until the query has ended.
+        con.interrupt()
+        while not done.wait(0.05):
+            con.interrupt()
+        raise QueryInterrupted("interrupted; the query was stopped") from None
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["table"]
 
 
 def _jsonable(value: Any) -> Any:

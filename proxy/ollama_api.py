@@ -92,14 +92,17 @@ async def _answer(
     headers = cost_headers(answer)
     if body.get("stream") is False:
         return JSONResponse({**final, **_content(answer.result.text or "", as_chat)}, headers=headers)
-    first = {"model": answer.model, "created_at": _timestamp(), **_content(answer.result.text or "", as_chat)}
-    first["done"] = False
 
     async def lines() -> AsyncIterator[bytes]:
-        yield json.dumps(first).encode() + b"\n"
-        yield json.dumps({**final, **_content("", as_chat)}).encode() + b"\n"
+        first = {"model": answer.model, "created_at": _timestamp(), **_content(answer.result.text or "", as_chat)}
+        yield _line({**first, "done": False})
+        yield _line({**final, "created_at": _timestamp(), **_content("", as_chat)})
 
     return StreamingResponse(lines(), media_type=NDJSON, headers=headers)
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 def _content(text: str, as_chat: bool) -> dict[str, Any]:

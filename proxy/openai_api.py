@@ -88,7 +88,7 @@ async def chat_completions(router: Router, request: Request) -> Response:
             "choices": choices,
             **extra,
         }
-        return f"data: {json.dumps(event)}\n\n".encode()
+        return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
 
     async def events() -> AsyncIterator[bytes]:
         yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])

@@ -1,10 +1,13 @@
 """kill -9 under load: every span acknowledged with 200 survives, none is stored twice after the senders re-send,
-and the restarted collector's /metrics counters continue from the ledger."""
+the restarted collector's /metrics counters continue from the ledger, and no child process (decode workers,
+multiprocessing's resource tracker) outlives the killed collector."""
 
 from __future__ import annotations
 
+import os
 import queue
 import random
+import select
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +22,46 @@ from faults.serve import ServedCollector
 
 pytestmark = pytest.mark.slow  # rounds of kill -9 on a costline serve under load; CI runs it (make test-slow)
 
+ORPHAN_WAIT_S = 60.0
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below ``pid`` (children, their children, ...), by pid, with its command line."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # it ended while we looked
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: dict[int, str] = {}
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent and child not in found:
+                found[child] = commands.get(child, "")
+                frontier.append(child)
+    return found
+
+
+def survivors(watched: dict[int, int], timeout_s: float) -> list[int]:
+    """Which of the processes (pid -> pidfd) have not exited within ``timeout_s``; waits on their pidfds."""
+    pending = dict(watched)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        ready, _, _ = select.select(list(pending.values()), [], [], remaining)
+        for fd in ready:
+            pending = {pid: f for pid, f in pending.items() if f != fd}
+    return sorted(pending)
+
 
 @dataclass
 class KillRun:
@@ -27,6 +70,7 @@ class KillRun:
     stored_at_restart: set[str] = field(default_factory=set)
     resent: list[int] = field(default_factory=list)
     report: dict[str, float] = field(default_factory=dict)
+    children: list[str] = field(default_factory=list)  # command lines of the killed collector's children
 
 
 def _send_until_killed(url: str, batches: list[Batch], acked: set[int], killed: threading.Event, senders: int) -> None:
@@ -80,10 +124,20 @@ def run_kill9(
         load.start()
         while len(run.acked) < kill_after_acks and load.is_alive():
             time.sleep(0.001)
+        assert served.process is not None
+        children = descendants(served.process.pid)
+        watched = {pid: os.pidfd_open(pid) for pid in children}
         served.kill9()
         killed.set()
         load.join(120)
         acked_at_kill = set(run.acked)
+        try:
+            left = survivors(watched, ORPHAN_WAIT_S)
+        finally:
+            for fd in watched.values():
+                os.close(fd)
+        assert not left, f"processes outlived the killed collector: {[children[pid] for pid in left]}"
+        run.children = sorted(children.values())
 
         served.start()  # the same ledger, the same ports
         query = ledger_query(served.config)
@@ -144,3 +198,5 @@ def test_spans_acknowledged_before_kill_9_survive_and_resends_are_not_stored_twi
     assert len(run.acked) < len(run.batches), "the kill came after the load ended"
     assert run.report["lost"] == 0 and run.report["duplicates"] == 0
     assert run.report["re-sends absorbed as duplicates"] > 0
+    assert any("resource_tracker" in command for command in run.children), run.children
+    assert any("multiprocessing" in command for command in run.children if "resource_tracker" not in command)

@@ -7,9 +7,13 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import duckdb
 import pytest
 from faults.otlp import make_batch, post
 from faults.reader import ledger_query
@@ -17,7 +21,7 @@ from faults.serve import ServedCollector, costline_command, free_port, write_con
 
 from collector.ledger import LedgerError
 from collector.service import Collector
-from costline.config import load_config
+from costline.config import load_config, with_overrides
 
 SERVE_TIMEOUT_S = 60
 
@@ -158,3 +162,98 @@ def test_a_missing_ledger_directory_is_an_error_and_nothing_is_created(tmp_path:
     assert refused.returncode == 1
     assert f"ledger directory {ledger.parent} does not exist" in refused.stderr
     assert not ledger.parent.exists()
+
+
+# --- a full disk -----------------------------------------------------------------------------------------------------
+
+
+def _needs(reason: str) -> None:
+    """Skip on a laptop; CI runs as root and can mount, so there the missing piece is a failure."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI runs as root and must run this test)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs, mounted for the test and unmounted after it."""
+    if os.geteuid() != 0:
+        _needs("needs root to mount a small tmpfs and fill it (run as root, or under CI)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        _needs(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path, leave: int, name: str = "filler") -> Path:
+    """Fill ``disk`` with the file ``name`` until ``leave`` bytes are free (or it is full)."""
+    filler = disk / name
+    with filler.open("wb") as out:
+        while (free := os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize) > leave:
+            try:
+                out.write(bytes(min(1 << 20, free - leave)))
+                out.flush()
+            except OSError:
+                break
+    return filler
+
+
+def _probe(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_a_ledger_invalidated_by_a_full_disk_is_reopened_once_space_returns_and_loses_nothing(
+    small_disk: Path,
+) -> None:
+    rng = random.Random(17)
+    before, during = make_batch(rng, 2), make_batch(rng, 3)
+    config = with_overrides(
+        load_config(env={}),
+        collector={"otlp_port": 0, "metrics_port": 0, "ledger": str(small_disk / "ledger.duckdb")},
+        router={"usage_db": str(small_disk.parent / "usage.sqlite")},
+    )
+    with Collector(config) as collector:
+        traces = f"{collector.otlp_url}/v1/traces"
+        filler = _fill(small_disk, leave=64 * 1024)  # room for a WAL record, not for a checkpoint's blocks
+        assert post(traces, before.body).status == 200  # acknowledged: in the WAL
+        rest = _fill(small_disk, leave=0, name="rest")
+        no_room = post(traces, during.body)  # the WAL cannot grow: the COMMIT fails, then its ROLLBACK
+        assert no_room.status == 503 and b"No space left on device" in no_room.body, no_room.body
+        assert b"cannot rollback" not in no_room.body
+        cursor = collector.connection
+        with pytest.raises(duckdb.Error):
+            cursor.execute("CHECKPOINT")  # fails on the full disk; DuckDB invalidates the database
+        cursor.close()
+
+        refused = post(traces, during.body)
+        assert refused.status == 503 and refused.headers["retry-after"] == "1"
+        assert b"No space left on device" in refused.body and b"cannot rollback" not in refused.body
+        ready = _probe(f"{collector.otlp_url}/readyz")
+        assert ready[0] == 503 and "the ledger is unavailable" in ready[1], ready
+        assert _probe(f"{collector.metrics_url}/readyz")[0] == 503
+
+        filler.unlink()  # space returns
+        rest.unlink()
+        for _ in range(600):  # the writer reopens the ledger on its own; bounded wait for the event
+            if _probe(f"{collector.otlp_url}/readyz")[0] == 200:
+                break
+            threading.Event().wait(0.05)
+        assert _probe(f"{collector.otlp_url}/readyz") == (200, "ready\n")
+        assert post(traces, during.body).status == 200  # the sender's retry
+        reader = collector.connection
+        stored = sorted(r[0] for r in reader.execute(SPAN_IDS).fetchall())
+        reader.close()
+        assert _probe(f"{collector.metrics_url}/metrics")[0] == 200
+    assert stored == sorted(before.span_ids + during.span_ids)
+
+
+SPAN_IDS = "SELECT span_id FROM attempts UNION ALL SELECT span_id FROM tasks"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -417,3 +419,47 @@ def test_a_task_type_can_name_the_json_validator_in_config(fake_ollama, tmp_path
 
 def test_every_validator_the_config_accepts_exists():
     assert set(BUILTIN) == set(BUILTIN_VALIDATORS)
+
+
+GLOBAL_PROVIDER_SCRIPT = """
+import json, os, sys
+from opentelemetry import trace
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from costline.config import load_config
+from router import Router, Task
+
+app_spans, router_spans = InMemorySpanExporter(), InMemorySpanExporter()
+app = TracerProvider()
+app.add_span_processor(SimpleSpanProcessor(app_spans))
+trace.set_tracer_provider(app)  # the application's global provider, as its own instrumentation uses it
+HTTPXClientInstrumentor().instrument()  # no provider given: the global one
+own = TracerProvider()
+own.add_span_processor(SimpleSpanProcessor(router_spans))
+with Router(load_config(sys.argv[1], env={}), tracer_provider=own) as router:
+    with trace.get_tracer("my-app").start_as_current_span("handle request"):
+        assert router.run(Task("x")).ok
+def ids(exporter):
+    return [[s.name, s.context.span_id, s.parent.span_id if s.parent else None] for s in exporter.get_finished_spans()]
+print(json.dumps({"app": ids(app_spans), "router": ids(router_spans)}))
+"""
+
+
+def test_spans_of_instrumentation_on_the_global_provider_nest_under_the_router_spans(fake_ollama, tmp_path):
+    """The usual setup: the application's global provider, httpx instrumented on it, and the router's own provider
+    for costline's collector. The HTTP span of the Ollama call is the attempt span's child; the app's span is the task
+    span's parent."""
+    config = tmp_path / "costline.toml"
+    config.write_text(f'[router]\nollama_host = "{fake_ollama.url}"\nusage_db = "{tmp_path / "usage.sqlite"}"\n')
+    done = subprocess.run(
+        [sys.executable, "-c", GLOBAL_PROVIDER_SCRIPT, str(config)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    spans = json.loads(done.stdout)
+    app = {name: (span_id, parent) for name, span_id, parent in spans["app"]}
+    router = {name: (span_id, parent) for name, span_id, parent in spans["router"]}
+    (http,) = [name for name in app if name != "handle request"]  # POST, as the httpx instrumentation names it
+    assert app[http][1] == router[f"chat {PRIMARY}"][0]
+    assert router["task general"][1] == app["handle request"][0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
@@ -334,3 +335,17 @@ def test_failed_local_attempts_are_priced_by_the_compute_they_used(
     assert answered.compute_seconds == pytest.approx(1.0) and answered.cost_usd == Decimal("0.001")
     recorded = [s.attributes[attr.LOCAL_COMPUTE_SECONDS] for s in spans.attempts(result.task_id)]
     assert recorded == [0.0, died.compute_seconds, answered.compute_seconds]
+
+
+def test_one_router_serves_several_event_loops_one_after_another_and_at_once(fake_ollama, make_config, tracer_provider):
+    """Async clients belong to one event loop: each loop gets its own, made on its first task and kept."""
+    with Router(make_config(), tracer_provider=tracer_provider) as router:
+
+        async def two_tasks() -> list[bool]:
+            return [r.ok for r in await asyncio.gather(router.arun(Task("a")), router.arun(Task("b")))]
+
+        assert asyncio.run(two_tasks()) == [True, True]
+        assert asyncio.run(two_tasks()) == [True, True]  # a new loop after the first one closed
+        with ThreadPoolExecutor(2) as pool:  # two loops running at the same time, in two threads
+            assert list(pool.map(lambda _: asyncio.run(two_tasks()), range(2))) == [[True, True]] * 2
+    assert len(fake_ollama.chat_requests(PRIMARY)) == 8

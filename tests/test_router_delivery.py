@@ -220,11 +220,12 @@ def test_ctrl_c_or_sigterm_during_an_escalation_books_the_call_and_delivers_its_
     process = _route_until_claude_is_asked(
         _stalling_claude_config(tmp_path, fake_anthropic, otlp_receiver.url), fake_anthropic
     )
+    process.send_signal(sent)
     try:
-        process.send_signal(sent)
         _, stderr = process.communicate(timeout=60)
-    finally:
+    except subprocess.TimeoutExpired:
         process.kill()
+        raise AssertionError(f"costline route did not stop on {sent!r}: {process.communicate()[1]}") from None
     assert process.returncode == code, stderr
     assert "cancelled: task" in stderr
     ((status, cost, reserved, estimated),) = _calls(tmp_path / "usage.sqlite")

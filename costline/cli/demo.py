@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shlex
+import shutil
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -206,11 +208,22 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def _costline() -> str:
+    """How to run costline from here: `costline` when it is on PATH, else the script beside this interpreter (after
+    `make demo`, `.venv/bin/costline`: the venv is not activated)."""
+    script = Path(sys.executable).parent / "costline"
+    on_path = shutil.which("costline")
+    if on_path is not None and (not script.exists() or Path(on_path).resolve() == script.resolve()):
+        return "costline"
+    return shlex.quote(_shown(script)) if script.exists() else "costline"
+
+
 def _print_where(run: DemoRun) -> None:
     ledger, config = shlex.quote(_shown(run.ledger_path)), shlex.quote(_shown(run.config_path))
+    costline = _costline()
     console.print("[bold]Where things are[/bold]")
     console.print(f"  ledger   {ledger}   (open it with `duckdb {ledger}`)", highlight=False)
-    console.print(f"  config   {config}   (costline report --config {config} --by model)", highlight=False)
+    console.print(f"  config   {config}   ({costline} report --config {config} --by model)", highlight=False)
     serving = "serving until Ctrl-C" if run.options.keep_serving else "stopped now; --keep-serving keeps it up"
     console.print(f"  metrics  {run.metrics_url}   ({serving})", highlight=False)
     from costline.demo.run import SQL_TO_TRY
@@ -218,7 +231,7 @@ def _print_where(run: DemoRun) -> None:
     console.print("\n[bold]Three queries to try[/bold]")
     for title, sql in SQL_TO_TRY:
         console.print(f"  # {title}", style="dim", highlight=False)
-        console.print(f"  costline sql --config {config} {_shell_quote(sql)}", highlight=False, soft_wrap=True)
+        console.print(f"  {costline} sql --config {config} {_shell_quote(sql)}", highlight=False, soft_wrap=True)
 
 
 def _shell_quote(sql: str) -> str:

@@ -35,10 +35,13 @@ def _terminate_as_interrupt() -> Iterator[None]:
         raise _Terminated
 
     previous = signal.signal(signal.SIGTERM, terminated)
+    # A parent may have started us with SIGTERM blocked (the mask is inherited): it would wait forever.
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 EXPORT_TIMEOUT_S = 2.0

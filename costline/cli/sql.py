@@ -14,7 +14,14 @@ from rich.table import Table
 
 from costline.cli.app import ConfigOption, app, fail, load_or_exit
 from costline.cli.report import plain_text, rows_csv, to_json
-from costline.ledger_reader import LedgerError, LedgerReader, NotReadOnlyError, QueryError, check_read_only
+from costline.ledger_reader import (
+    LedgerError,
+    LedgerReader,
+    NotReadOnlyError,
+    QueryError,
+    QueryInterrupted,
+    check_read_only,
+)
 
 NULL = "NULL"
 
@@ -41,6 +48,10 @@ def sql(
     cfg = load_or_exit(config)
     try:
         result = LedgerReader.from_config(cfg).query(query)
+    except QueryInterrupted as exc:
+        fail(str(exc), code=130)
+    except KeyboardInterrupt:  # Ctrl-C while waiting for the collector: it sees the connection close and stops
+        fail("interrupted; the query was stopped", code=130)
     except LedgerError as exc:
         fail(str(exc))
     names = result.column_names

@@ -8,7 +8,7 @@ endpoint's spool (delivery is the router benchmark's subject). Reported:
 - streaming: p50 time to the first chunk through the proxy, against the direct answer time;
 - throughput at ``--streams`` (default 64) concurrent streaming requests, and the proxy process's peak RSS (VmHWM).
 
-    python bench/proxy.py
+    python bench/proxy_overhead.py
 """
 
 from __future__ import annotations
