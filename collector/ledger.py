@@ -31,6 +31,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from collector import span_keys
 from collector.mapping import ATTEMPT_COLUMNS, EMPTY_ATTEMPTS, EMPTY_TASKS, TASK_COLUMNS
 from collector.schema import SCHEMA_VERSION, TABLES
 from collector.span_keys import SpanKeys
@@ -365,7 +366,9 @@ _TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_w
 
 
 def _seed_keys(con: duckdb.DuckDBPyConnection, table: str) -> SpanKeys:
-    reader = con.sql(f"SELECT span_key FROM {table} WHERE span_key IS NOT NULL").to_arrow_reader(1 << 20)
+    # Chunks of a full run each: the seed then sorts each chunk into its run and never merges.
+    query = f"SELECT span_key FROM {table} WHERE span_key IS NOT NULL"
+    reader = con.sql(query).to_arrow_reader(span_keys.MAX_RUN_KEYS)
     return SpanKeys.from_batches(reader)
 
 

@@ -39,14 +39,16 @@ class _Run:
 
     @classmethod
     def from_kept(cls, kept: np.ndarray) -> _Run:
-        """From ascending 48-bit values (a key shifted right by 16)."""
-        buckets = kept >> _BUCKET_SHIFT
-        offsets = np.searchsorted(buckets, np.arange(_BUCKETS + 1, dtype=np.uint64)).astype(np.uint32)
-        return cls(offsets, (kept & _LOW_MASK).astype(np.uint32))
+        """From ascending 48-bit values (a key shifted right by 16); no temporary as large as ``kept``."""
+        starts = np.arange(_BUCKETS + 1, dtype=np.uint64) << _BUCKET_SHIFT
+        offsets = np.searchsorted(kept, starts).astype(np.uint32)
+        return cls(offsets, kept.astype(np.uint32))  # the cast keeps the low 32 bits
 
     def kept(self) -> np.ndarray:
-        buckets = np.repeat(np.arange(_BUCKETS, dtype=np.uint64), np.diff(self.offsets))
-        return (buckets << _BUCKET_SHIFT) | self.low.astype(np.uint64)
+        kept = np.repeat(np.arange(_BUCKETS, dtype=np.uint64), np.diff(self.offsets))
+        kept <<= _BUCKET_SHIFT
+        kept |= self.low
+        return kept
 
     def __len__(self) -> int:
         return len(self.low)
@@ -99,7 +101,9 @@ class SpanKeys:
     def add(self, keys: np.ndarray) -> None:
         keys = np.asarray(keys, dtype=np.uint64)
         if len(keys) >= TAIL_KEYS:  # a seed's chunk: straight into a run, never through the (costly) set
-            self._push(np.sort(keys >> _LOW_SHIFT))
+            kept = keys >> _LOW_SHIFT
+            kept.sort()
+            self._push(kept)
             return
         self._tail.update(keys.tolist())
         if len(self._tail) >= TAIL_KEYS:
@@ -129,5 +133,6 @@ class SpanKeys:
         # Merge while the previous run is no more than twice this one: about log2(n / TAIL_KEYS) runs below the
         # cap, each key copied O(log n) times in all.
         while runs and len(runs[-1]) <= 2 * len(kept) and len(runs[-1]) + len(kept) <= MAX_RUN_KEYS:
-            kept = np.sort(np.concatenate((runs.pop().kept(), kept)), kind="stable")  # a merge of two sorted runs
+            kept = np.concatenate((runs.pop().kept(), kept))
+            kept.sort(kind="stable")  # a merge of two sorted runs
         runs.append(_Run.from_kept(kept))
