@@ -176,11 +176,6 @@ class LedgerWriter:
         # This process is the ledger's only writer, so the keys seen here and the ones it adds are all there are.
         self._keys = {table: _seed_keys(con, table) for table in ("attempts", "tasks")}
 
-    @property
-    def key_bytes(self) -> int:
-        """Memory held by the in-memory span keys."""
-        return sum(keys.nbytes for keys in self._keys.values())
-
     def checkpoint(self) -> bool:
         """Fold the WAL into the database file if anything was committed since the last time; call when idle.
 
@@ -211,8 +206,6 @@ class LedgerWriter:
                     con.execute("UPDATE ingest_counts SET spans = spans + ? WHERE result = ?", [spans, result])
             con.execute("COMMIT")
             self._unchecked = True
-            for table, rows in (("attempts", stored_attempts), ("tasks", stored_tasks)):
-                self._keys[table].add(rows.column("span_key").to_numpy())
         except BaseException:
             con.execute("ROLLBACK")
             raise
@@ -220,6 +213,8 @@ class LedgerWriter:
             for name in ("attempt_batch", "task_batch"):
                 with contextlib.suppress(duckdb.Error):
                     con.unregister(name)
+        for table, rows in (("attempts", stored_attempts), ("tasks", stored_tasks)):  # committed: now they are stored
+            self._keys[table].add(rows.column("span_key").to_numpy())
         return WriteResult(stored_attempts, stored_tasks, dup_a + dup_t, nested)
 
     def _insert_attempts(self, batch: pa.Table) -> tuple[pa.Table, int, int]:
