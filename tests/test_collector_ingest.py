@@ -463,7 +463,7 @@ class _LedgerFile:
 
     def query(self, sql: str, params: Any = ()) -> pa.Table:
         with duckdb.connect(str(self.path), read_only=True) as con:
-            return con.execute(sql, params).to_arrow_table()
+            return con.sql(sql, params=params).to_arrow_table()
 
 
 def test_an_emitter_cost_that_disagrees_is_flagged_in_the_ledger_a_report_and_a_metric(tmp_path: Path) -> None:
