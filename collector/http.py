@@ -12,7 +12,6 @@ the collector holds the ledger file (Arrow IPC stream out; one SELECT only; bear
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 import re
@@ -34,6 +33,7 @@ from collector.mapping import MappedRequest
 from collector.otlp_decode import DecodeError
 from collector.query import Queries, QueryCancelled, ReadOnlyViolation, ResultTooLarge
 from collector.writer import BatchWriter, Pending, QueueFull, WriteFailed
+from costline.net import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -154,15 +154,6 @@ class _Server(ThreadingHTTPServer):
 
 def make_server(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
     return _Server((host, port), handler)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def token_ok(header: str | None, token: str | None) -> bool:

@@ -12,13 +12,14 @@ from types import TracebackType
 import duckdb
 
 from collector.decode_pool import Decoder, warm_up
-from collector.http import MAX_IN_FLIGHT_BYTES, InFlightBytes, MetricsHandler, OtlpHandler, is_loopback, make_server
+from collector.http import MAX_IN_FLIGHT_BYTES, InFlightBytes, MetricsHandler, OtlpHandler, make_server
 from collector.ledger import LedgerWriter, WriteResult, open_ledger
 from collector.metrics import LedgerMetrics, make_registry
 from collector.price_cache import FastPricer
 from collector.query import Queries
 from collector.writer import BatchWriter
 from costline.config import Config
+from costline.net import is_loopback
 from costline.pricing import Pricer
 
 log = logging.getLogger("costline.collector")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated
 
 import typer
 
 from costline.cli.app import ConfigOption, app, console, fail, load_or_exit
 from costline.config import ConfigError
+from costline.net import is_loopback
 
 
 @app.command()
@@ -27,7 +27,7 @@ def proxy(
     cfg = load_or_exit(config)
     bind_host, bind_port = host or cfg.proxy.host, cfg.proxy.port if port is None else port
     token = cfg.proxy_token
-    if token is None and not _loopback(bind_host) and not cfg.proxy.allow_unauthenticated:
+    if token is None and not is_loopback(bind_host) and not cfg.proxy.allow_unauthenticated:
         fail(
             f"refusing to serve on {bind_host} without a token: set COSTLINE_PROXY_TOKEN, or "
             "proxy.allow_unauthenticated = true if the network is trusted",
@@ -44,12 +44,3 @@ def proxy(
             highlight=False,
         )
         uvicorn.run(build_app(router, token=token), host=bind_host, port=bind_port, log_level="warning")
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
