@@ -18,7 +18,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from proxy.tasks import Answer, ProxyError, build_task, cost_headers, model_names, run_task
+from proxy.tasks import Answer, ProxyError, build_task, cost_headers, json_body, model_names, run_task
 from router import Router
 
 OLLAMA_API_VERSION = "0.12.6"  # the Ollama release whose API this follows
@@ -30,7 +30,7 @@ def error_response(error: ProxyError) -> Response:
 
 
 async def chat(router: Router, request: Request) -> Response:
-    body = await _body(request)
+    body = await json_body(request)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ProxyError(400, "messages: give at least one message", kind="invalid_request")
@@ -38,7 +38,7 @@ async def chat(router: Router, request: Request) -> Response:
 
 
 async def generate(router: Router, request: Request) -> Response:
-    body = await _body(request)
+    body = await json_body(request)
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ProxyError(400, "prompt: give the text to complete", kind="invalid_request")
@@ -67,16 +67,6 @@ async def tags(router: Router, request: Request) -> Response:
 
 async def version(router: Router, request: Request) -> Response:
     return JSONResponse({"version": OLLAMA_API_VERSION})
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ProxyError(400, "the request body is not JSON", kind="invalid_request") from None
-    if not isinstance(body, dict):
-        raise ProxyError(400, "the request body must be a JSON object", kind="invalid_request")
-    return body
 
 
 async def _answer(

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from proxy.tasks import ProxyError, build_task, cost_headers, model_names, run_task
+from proxy.tasks import ProxyError, build_task, cost_headers, json_body, model_names, run_task
 from router import Router
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error"}
@@ -36,12 +36,7 @@ async def models(router: Router, request: Request) -> Response:
 
 
 async def chat_completions(router: Router, request: Request) -> Response:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ProxyError(400, "the request body is not JSON", kind="invalid_request") from None
-    if not isinstance(body, dict):
-        raise ProxyError(400, "the request body must be a JSON object", kind="invalid_request")
+    body = await json_body(request)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ProxyError(400, "messages: give at least one message", kind="invalid_request")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,6 +59,17 @@ class Answer:
     @property
     def output_tokens(self) -> int:
         return self.result.attempts[-1].output_tokens if self.result.attempts else 0
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, or a 400 in the calling API's shape."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ProxyError(400, "the request body is not JSON", kind="invalid_request") from None
+    if not isinstance(body, dict):
+        raise ProxyError(400, "the request body must be a JSON object", kind="invalid_request")
+    return body
 
 
 def model_names(router: Router) -> list[str]:
