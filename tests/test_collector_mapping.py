@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import pickle
 import random
-import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -20,7 +19,8 @@ from costline import spans as S
 from costline.config import ModelPrice, load_config, with_overrides
 from costline.pricing import Pricer, TokenUsage
 
-NOW_NS = time.time_ns()
+# map_spans takes the collector's clock as an argument: a fixed instant keeps every example the same on any day.
+NOW_NS = 1_793_000_000 * 10**9  # 2026-10-26T07:33:20Z
 START = NOW_NS - 60 * 1_000_000_000
 
 

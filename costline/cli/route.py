@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -16,6 +15,7 @@ from costline.config import ConfigError
 from costline.spans import OUTCOME_BUDGET_EXHAUSTED, OUTCOME_QUOTA_EXHAUSTED
 
 if TYPE_CHECKING:
+    from router import Router, Task
     from router.task import TaskResult
 
 EXIT_FAILED = 1
@@ -25,23 +25,34 @@ EXIT_CANCELLED = 130  # Ctrl-C, as shells report SIGINT
 EXIT_TERMINATED = 143  # SIGTERM
 
 
-class _Terminated(BaseException):
-    """SIGTERM, raised where the router is, so that the call in flight is booked as on Ctrl-C."""
+async def _run_cancellable(router: Router, task: Task) -> TaskResult | int:
+    """Run the task to its result; Ctrl-C or SIGTERM cancels it (the call in flight is booked as cancelled) and gives
+    the exit status instead.
 
+    The event loop takes the signals through its wakeup fd and cancels the task at its next await. A Python signal
+    handler would raise wherever the main thread happens to be, and when that is inside a weakref callback or a
+    finalizer the exception is printed as ignored and lost: the call would wait on its socket for good."""
+    loop = asyncio.get_running_loop()
+    running = asyncio.current_task()
+    assert running is not None
+    received: list[int] = []
 
-@contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    def terminated(signum: int, frame: object) -> None:
-        raise _Terminated
+    def cancel(code: int) -> None:
+        received.append(code)
+        running.cancel()
 
-    previous = signal.signal(signal.SIGTERM, terminated)
+    for signum, code in ((signal.SIGINT, EXIT_CANCELLED), (signal.SIGTERM, EXIT_TERMINATED)):
+        loop.add_signal_handler(signum, cancel, code)
     # A parent may have started us with SIGTERM blocked (the mask is inherited): it would wait forever.
-    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        yield
+        return await router.arun(task)
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        return received[0]
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        await router.aclose()
 
 
 EXPORT_TIMEOUT_S = 2.0
@@ -64,7 +75,6 @@ def route(
     from router.telemetry import build_tracer_provider
 
     cfg = load_or_exit(config)
-    interrupted: int | None = None  # the exit status of a Ctrl-C or SIGTERM
     # A short export deadline: a missing collector must not hold the answer back for long.
     provider, exporter = build_tracer_provider(cfg, export_timeout_s=EXPORT_TIMEOUT_S)
     logging.getLogger("router.delivery").setLevel(logging.ERROR)  # one warning below instead
@@ -77,17 +87,11 @@ def route(
             task = Task(
                 prompt, type=task_type, system=system, critical=True if critical else None, prefer_escalation=claude
             )
-            try:
-                with _terminate_as_interrupt():
-                    result = router.run(task)
-            except KeyboardInterrupt:
-                interrupted = EXIT_CANCELLED
-            except _Terminated:
-                interrupted = EXIT_TERMINATED
+            result = asyncio.run(_run_cancellable(router, task))
     finally:
         provider.shutdown()
-    if interrupted is not None:
-        fail(f"cancelled: task {task.id} is booked as cancelled (costline usage shows its cost)", code=interrupted)
+    if isinstance(result, int):
+        fail(f"cancelled: task {task.id} is booked as cancelled (costline usage shows its cost)", code=result)
     if result.text is not None:  # a truncated answer is shown too, and the task still fails
         typer.echo(result.text)
     err_console.print(summary_line(result), highlight=False, soft_wrap=True)
