@@ -85,11 +85,26 @@ def check_read_only(sql: str) -> None:
 
 
 class LedgerReader:
-    """Runs read-only queries on the ledger, directly or through the running collector."""
+    """Runs read-only queries on the ledger, directly or through the running collector.
+
+    Used as a context manager, it keeps the file's read-only connection for all the queries inside (a report runs
+    several, and opening the file costs more than most of them); otherwise each query opens and closes its own."""
 
     def __init__(self, source: LedgerSource) -> None:
         self.source = source
         self.via: str | None = None  # "file" or "collector", once a query ran
+        self._keep_open = False
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    def __enter__(self) -> LedgerReader:
+        self._keep_open = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._keep_open = False
+        if self._con is not None:
+            self._con.close()
+            self._con = None
 
     @classmethod
     def from_config(cls, config: Config) -> LedgerReader:
@@ -104,7 +119,7 @@ class LedgerReader:
                 f"no ledger at {path.absolute()}: run `costline serve` to create one, or point collector.ledger "
                 "(or COSTLINE_LEDGER) at an existing file"
             )
-        con = self._connect_read_only()
+        con = self._con or self._connect_read_only()
         if con is None:
             self.via = "collector"
             return self._query_collector(sql, params)
@@ -117,7 +132,10 @@ class LedgerReader:
                 raise NotReadOnlyError(f"{READ_ONLY_MESSAGE}: {exc}") from None
             raise QueryError(str(exc)) from None
         finally:
-            con.close()
+            if self._keep_open:
+                self._con = con
+            else:
+                con.close()
 
     def _connect_read_only(self) -> duckdb.DuckDBPyConnection | None:
         """A read-only connection, or None when the collector (another connection) holds the file."""

@@ -261,3 +261,15 @@ def test_a_relative_ledger_path_is_shown_absolute(tmp_path: Path, monkeypatch: p
     assert result.exit_code == 1
     assert squash(f"no ledger at {tmp_path / 'costline.duckdb'}") in squash(result.stderr)
     assert not (tmp_path / "costline.duckdb").exists()
+
+
+def test_a_reader_used_as_a_context_answers_every_query_and_releases_the_file(ledger: Path) -> None:
+    import duckdb
+
+    reader = ledger_reader.LedgerReader(ledger_reader.LedgerSource(ledger, "http://127.0.0.1:9"))
+    with reader:
+        first = reader.query("SELECT count(*) AS n FROM attempts").column("n")[0].as_py()
+        assert reader.query("SELECT count(*) AS n FROM attempts").column("n")[0].as_py() == first > 0
+        assert reader.via == "file"
+    # Released on the way out: a collector can open the ledger read-write right after a report.
+    duckdb.connect(str(ledger)).close()

@@ -37,19 +37,20 @@ def parquet(
         fail(f"{', '.join(map(str, existing))} already exist(s); pass --overwrite to replace them")
     reader = LedgerReader.from_config(cfg)
     try:
-        # Read the ledger before touching the target, so a missing ledger leaves no directory behind.
-        plan = {name: partition_days(reader, name) for name in TABLES}
-        directory.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".costline-export-", dir=directory))
-        try:
-            counts = {name: export_table(reader, name, days, staging / name) for name, days in plan.items()}
-            for name in TABLES:
-                target = directory / name
-                if target.exists():
-                    shutil.rmtree(target)
-                (staging / name).rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with reader:  # one connection for every day's query
+            # Read the ledger before touching the target, so a missing ledger leaves no directory behind.
+            plan = {name: partition_days(reader, name) for name in TABLES}
+            directory.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".costline-export-", dir=directory))
+            try:
+                counts = {name: export_table(reader, name, days, staging / name) for name, days in plan.items()}
+                for name in TABLES:
+                    target = directory / name
+                    if target.exists():
+                        shutil.rmtree(target)
+                    (staging / name).rename(target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
     except LedgerError as exc:
         fail(str(exc))
     for name, rows in counts.items():

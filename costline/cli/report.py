@@ -154,7 +154,8 @@ def _window_or_exit(since: str | None, start: str | None, end: str | None) -> Wi
 
 def _run(build: Callable[[LedgerReader], Report], reader: LedgerReader, fmt: ReportFormat | None) -> None:
     try:
-        result = build(reader)
+        with reader:
+            result = build(reader)
     except LedgerError as exc:
         fail(str(exc))
     render_report(result, fmt or ReportFormat.table)
