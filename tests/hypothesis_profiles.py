@@ -19,7 +19,8 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / ".hypothesis" / "examples"
 
-settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+CI_MAX_EXAMPLES = 100  # Hypothesis' default
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True, max_examples=CI_MAX_EXAMPLES)
 settings.register_profile(
     "soak",
     derandomize=False,
@@ -28,6 +29,12 @@ settings.register_profile(
     print_blob=True,
     max_examples=1_000,
 )
+
+
+def examples(at_ci: int) -> int:
+    """A test's example count: ``at_ci`` in the ``ci`` profile, scaled up with the loaded profile (10x in ``soak``),
+    so that a test which sets its own count still explores more when soaking."""
+    return at_ci * settings.default.max_examples // CI_MAX_EXAMPLES
 
 
 def load(default: str = "ci") -> str:

@@ -16,6 +16,7 @@ import pytest
 from faults.payloads import NOW_NS, protobuf_payload, spans_list, to_protobuf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 
 from collector.mapping import ATTRIBUTES_READ, MappedRequest, map_spans
 from collector.otlp_decode import DecodeError, decode_protobuf
@@ -53,7 +54,7 @@ def _both(body: bytes, now_ns: int = NOW_NS) -> tuple[Any, Any]:
     return outcomes[0], outcomes[1]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(body=protobuf_payload)
 def test_any_payload_maps_exactly_as_the_reference_does(body: bytes) -> None:
     fast, reference = _both(body)
@@ -63,7 +64,7 @@ def test_any_payload_maps_exactly_as_the_reference_does(body: bytes) -> None:
         _assert_same(fast, reference)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(spans=spans_list)
 def test_well_formed_requests_map_exactly_as_the_reference_does(spans: list[dict[str, Any]]) -> None:
     fast, reference = _both(to_protobuf(spans))
@@ -123,7 +124,7 @@ def model_calls(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(spans=st.lists(model_calls(), min_size=1, max_size=4))
 def test_model_calls_map_exactly_as_the_reference_does(spans: list[dict[str, Any]]) -> None:
     fast, reference = _both(to_protobuf(spans))
