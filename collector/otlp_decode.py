@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,6 +262,32 @@ def _uint(value: Any) -> int:
     return 0
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _json_int64(raw: Any) -> int:
+    """An ``intValue`` as the protobuf JSON mapping reads it: a decimal string or a number, exponent notation
+    included, as long as the value is integral and fits int64. Anything else refuses the request: stored as NULL,
+    a token count would vanish from the bill without a word."""
+    number: int | None = None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        number = raw
+    elif isinstance(raw, float) and raw.is_integer():
+        number = int(raw)
+    elif isinstance(raw, str) and " " not in raw:
+        try:
+            number = int(raw)
+        except ValueError:
+            try:
+                as_float = float(raw)
+            except ValueError:
+                as_float = math.nan
+            number = int(as_float) if as_float.is_integer() else None
+    if number is None or not _INT64_MIN <= number <= _INT64_MAX:
+        raise DecodeError(f"intValue {raw!r} is not an int64 (a decimal string or an integral number)")
+    return number
+
+
 def _enum(value: Any, names: dict[str, int]) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -273,7 +300,11 @@ def _json_attributes(items: list[Any], depth: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kv in items:
         if isinstance(kv, dict) and isinstance(kv.get("key"), str):
-            out[_str(kv["key"])] = _json_value(kv.get("value"), depth)
+            key = _str(kv["key"])
+            try:
+                out[key] = _json_value(kv.get("value"), depth)
+            except DecodeError as exc:
+                raise DecodeError(f"attribute {key!r}: {exc}") from None
     return out
 
 
@@ -283,15 +314,7 @@ def _json_value(value: Any, depth: int) -> Any:
     if "stringValue" in value or "string_value" in value:
         return _str(_field(value, "stringValue", "string_value"))
     if "intValue" in value or "int_value" in value:
-        raw = _field(value, "intValue", "int_value")
-        if isinstance(raw, bool):
-            return None
-        if isinstance(raw, int):
-            return raw
-        try:
-            return int(raw) if isinstance(raw, str) else None
-        except ValueError:
-            return None
+        return _json_int64(_field(value, "intValue", "int_value"))
     if "doubleValue" in value or "double_value" in value:
         raw = _field(value, "doubleValue", "double_value")
         if isinstance(raw, int | float) and not isinstance(raw, bool):

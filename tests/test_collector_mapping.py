@@ -11,6 +11,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from collector.mapping import map_spans
 from collector.otlp_decode import STATUS_ERROR, DecodeError, SpanRecord, decode_json
@@ -138,6 +142,37 @@ def test_aliases_and_carried_costs(pricer: FastPricer) -> None:
     )
     assert row["cost_usd"] == Decimal("0.010035000")
     assert row["reported_cost_usd"] == Decimal("0.010035100")
+
+
+# Spellings of an int64 the protobuf JSON mapping's edges are made of; the expected reading of each is whatever
+# protobuf's own parser (google.protobuf.json_format, the protobuf package the OTLP classes are built on) makes of it.
+INT_SPELLINGS = ["12", "-5", "+5", "1e3", "1.0e2", "1.5", "abc", " 12", "0x10", "", "NaN", "Infinity", "1_000"]
+INT_SPELLINGS += [str(2**63 - 1), str(2**63), str(-(2**63)), str(-(2**63) - 1), "9.3e18"]
+
+
+@given(
+    st.one_of(
+        st.sampled_from(INT_SPELLINGS),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.booleans(),
+        st.text(alphabet="0123456789+-.eE_ x", max_size=8),
+    )
+)
+def test_json_int_values_are_read_as_protobufs_json_parser_reads_them(raw: Any) -> None:
+    span = {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "chat"}
+    span["attributes"] = [{"key": "gen_ai.usage.input_tokens", "value": {"intValue": raw}}]
+    body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
+    try:
+        expected: int | None = json_format.Parse(json.dumps({"intValue": raw}), AnyValue()).int_value
+    except json_format.ParseError:
+        expected = None
+    if expected is None:  # refused with 400, naming the attribute: never stored as a NULL token count
+        with pytest.raises(DecodeError, match=r"attribute 'gen_ai\.usage\.input_tokens': intValue .* is not an int64"):
+            decode_json(body)
+    else:
+        (record,) = decode_json(body)
+        assert record.attributes["gen_ai.usage.input_tokens"] == expected
 
 
 def test_otlp_json_hex_ids_string_int64_and_enum_names() -> None:
