@@ -295,6 +295,8 @@ class RowCollector:
         v: list[Any],
     ) -> None:
         """One span: ids in lowercase hex ("" when missing or malformed), attributes by :data:`SLOT`."""
+        if service is not None and len(service) > MAX_TEXT_CHARS:  # one resource string must not fill every row
+            service = service[:MAX_TEXT_CHARS]
         try:
             if _is_model_call(v):
                 self.attempt_rows.append(

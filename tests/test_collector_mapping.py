@@ -3,6 +3,7 @@ agreeing with the shared Pricer to the nano-dollar."""
 
 from __future__ import annotations
 
+import base64
 import json
 import pickle
 import random
@@ -280,3 +281,34 @@ def test_a_mapped_request_survives_the_trip_from_a_decode_worker(pricer: FastPri
         assert copy.attempts.to_pylist() == request.attempts.to_pylist()
         assert copy.tasks.to_pylist() == request.tasks.to_pylist()
         assert (copy.rejected, copy.ignored) == (request.rejected, request.ignored)
+
+
+def test_a_huge_service_name_is_stored_capped_in_every_row_by_both_decoders(pricer: FastPricer) -> None:
+    """A 2 MiB service.name shared by many spans: rows keep its first MAX_TEXT_CHARS characters, not a copy each."""
+    from google.protobuf import json_format as proto_json
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from collector.mapping import MAX_TEXT_CHARS
+    from collector.protobuf_rows import map_protobuf
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "s" * 2**21}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    for i in range(20):
+        with provider.get_tracer("t").start_as_current_span("chat claude-sonnet-4-5") as span:
+            span.set_attributes({**_claude(), "costline.task.id": f"t{i}"})
+    spans = memory.get_finished_spans()
+    request, now = encode_spans(spans), max(span.end_time for span in spans)
+    from_protobuf = map_protobuf(request.SerializeToString(), pricer, now_ns=now)
+    as_json = proto_json.MessageToDict(request)
+    for span_json in as_json["resourceSpans"][0]["scopeSpans"][0]["spans"]:  # OTLP/JSON spells ids in hex
+        for key in ("traceId", "spanId"):
+            span_json[key] = base64.b64decode(span_json[key]).hex()
+    from_json = map_spans(decode_json(json.dumps(as_json).encode()), pricer, now_ns=now)
+    for mapped in (from_protobuf, from_json):
+        assert mapped.rejected == [] and mapped.attempts.num_rows == 20
+        assert set(mapped.attempts.column("service_name").to_pylist()) == {"s" * MAX_TEXT_CHARS}
