@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,8 +205,7 @@ class LedgerReader:
 
 
 def _interruptible(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> pa.Table:
-    """Run the query on a thread so that Ctrl-C, which Python delivers to the main thread only between bytecodes,
-    reaches this thread's wait and interrupts DuckDB instead of waiting for the query to end."""
+    """Run the query on a thread, so that Ctrl-C interrupts DuckDB instead of waiting for the query to end."""
     done = threading.Event()
     outcome: dict[str, Any] = {}
 
@@ -217,18 +218,33 @@ def _interruptible(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) 
             done.set()
 
     worker = threading.Thread(target=run, name="costline-sql", daemon=True)
-    try:
-        worker.start()  # Ctrl-C may land while start() waits for the thread to run: it runs all the same
-        done.wait()
-    except KeyboardInterrupt:
-        # An interrupt that lands before DuckDB starts the query is lost: repeat it until the query has ended.
-        con.interrupt()
+    with _ctrl_c_flag() as interrupted:
+        worker.start()
         while not done.wait(0.05):
-            con.interrupt()
-        raise QueryInterrupted("interrupted; the query was stopped") from None
+            if interrupted.is_set():
+                con.interrupt()  # repeated: an interrupt that lands before DuckDB starts the query is lost
+    if interrupted.is_set():
+        raise QueryInterrupted("interrupted; the query was stopped")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["table"]
+
+
+@contextmanager
+def _ctrl_c_flag() -> Iterator[threading.Event]:
+    """An event that Ctrl-C sets while the block runs (in the main thread; elsewhere nothing can deliver it).
+
+    The handler raises nothing: a KeyboardInterrupt lands wherever the main thread is, and inside a garbage-collector
+    callback Python prints it as ignored and drops it, so an endless query would run on."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 def _jsonable(value: Any) -> Any:
