@@ -12,7 +12,7 @@ own: no process or platform collectors, no ``_created`` series.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -75,15 +75,31 @@ GROUP BY ALL
 """
 
 
-class _State:
-    """Counter values keyed by label tuples. Decimal dollars keep the sums exact until exposition."""
+ATTEMPT_LABELS = ("provider", "model", "tier", "outcome", "error_type")
+TASK_LABELS = ("task_type", "outcome", "escalated")
+ESCALATION_LABELS = ("reason", "model")
+MODEL_LABELS = ("provider", "model")
+TOKEN_LABELS = ("provider", "model", "type")
+# Labels whose values come from span attributes as sent: any number of distinct values can arrive.
+FREE_TEXT_LABELS = frozenset({"provider", "model", "tier", "reason", "task_type"})
+OTHER = "other"
 
-    def __init__(self) -> None:
+
+class _State:
+    """Counter values keyed by label tuples. Decimal dollars keep the sums exact until exposition.
+
+    Each metric holds at most ``max_series`` label sets; an update that would add one more is counted under its
+    label set with every free-text label (:data:`FREE_TEXT_LABELS`) set to ``other``, so totals stay exact and
+    ``/metrics`` stays small whatever names arrive. ``folded`` counts those updates per metric."""
+
+    def __init__(self, max_series: int) -> None:
+        self.max_series = max_series
+        self.folded: dict[str, int] = {}
         self.attempts: dict[tuple[str, ...], int] = {}
         self.tasks: dict[tuple[str, ...], int] = {}
         self.escalations: dict[tuple[str, str], int] = {}
         self.cost: dict[tuple[str, str], Decimal] = {}
-        self.counterfactual: dict[str, Decimal] = {}
+        self.counterfactual: dict[tuple[str], Decimal] = {}
         self.tokens: dict[tuple[str, str, str], int] = {}
         self.unpriced: dict[tuple[str, str], int] = {}
         self.disagreements: dict[tuple[str, str], int] = {}  # the emitter's reported cost differs from costline's
@@ -98,28 +114,43 @@ class _State:
             tokens = row[10:14]
             escalations, reason, duration_us, bucket, disagreements = row[14:19]
             pm = (provider, model)
-            _inc(self.attempts, (provider, model, tier, outcome, error_type), n)
+            self._inc(
+                "costline_attempts", ATTEMPT_LABELS, self.attempts, (provider, model, tier, outcome, error_type), n
+            )
             if n > unpriced:  # an unpriced model gets no cost series (NULL is not $0)
-                _inc(self.cost, pm, cost)
+                self._inc("costline_cost_usd", MODEL_LABELS, self.cost, pm, cost)
             if unpriced:
-                _inc(self.unpriced, pm, unpriced)
+                self._inc("costline_unpriced_attempts", MODEL_LABELS, self.unpriced, pm, unpriced)
                 _inc(unpriced_seen, pm, unpriced)
             if disagreements:
-                _inc(self.disagreements, pm, disagreements)
+                self._inc("costline_cost_disagreements", MODEL_LABELS, self.disagreements, pm, disagreements)
             if cf_n:
-                _inc(self.counterfactual, model, cf)
+                self._inc("costline_counterfactual_usd", ("model",), self.counterfactual, (model,), cf)
             for kind, count in zip(TOKEN_TYPES, tokens, strict=True):
-                _inc(self.tokens, (provider, model, kind), count)
+                self._inc("costline_tokens", TOKEN_LABELS, self.tokens, (provider, model, kind), count)
             if escalations:
-                _inc(self.escalations, (reason, model), escalations)
-            hist = self.duration.setdefault(pm, [0] * (len(DURATION_BUCKETS) + 2))
+                self._inc("costline_escalations", ESCALATION_LABELS, self.escalations, (reason, model), escalations)
+            series = self._series("costline_attempt_duration_seconds", MODEL_LABELS, self.duration, pm)
+            hist = self.duration.get(series)
+            if hist is None:
+                hist = self.duration[series] = [0] * (len(DURATION_BUCKETS) + 2)
             hist[bucket] += n  # per bucket here; cumulative at exposition
             hist[-1] += duration_us
         return unpriced_seen
 
     def add_tasks(self, rows: Iterable[tuple[Any, ...]]) -> None:
         for task_type, outcome, escalated, n in rows:
-            _inc(self.tasks, (task_type, outcome, escalated), n)
+            self._inc("costline_tasks", TASK_LABELS, self.tasks, (task_type, outcome, escalated), n)
+
+    def _series(self, metric: str, labels: tuple[str, ...], d: dict[Any, Any], key: tuple[str, ...]) -> tuple[str, ...]:
+        """``key``, or its folded form when ``d`` already holds ``max_series`` label sets."""
+        if key in d or len(d) < self.max_series:
+            return key
+        self.folded[metric] = self.folded.get(metric, 0) + 1
+        return tuple(OTHER if name in FREE_TEXT_LABELS else value for name, value in zip(labels, key, strict=True))
+
+    def _inc(self, metric: str, labels: tuple[str, ...], d: dict[Any, Any], key: tuple[str, ...], amount: Any) -> None:
+        _inc(d, self._series(metric, labels, d, key), amount)
 
 
 def _inc(d: dict[Any, Any], key: Any, amount: Any) -> None:
@@ -133,16 +164,19 @@ class LedgerMetrics(Collector):
         self._config = config
         self._reader = reader
         self._lock = threading.Lock()
-        self._state = _State()
+        self._state = _State(config.collector.max_series_per_metric)
         self.clock: Callable[[], datetime] = clock.now
 
     # --- counters ---------------------------------------------------------------------------------------------
 
     def seed(self, con: duckdb.DuckDBPyConnection) -> None:
         """Start the counters from what the ledger already holds."""
-        state = _State()
-        state.add_attempts(con.execute(_ATTEMPT_AGGREGATES.format(source="attempts")).fetchall())
-        state.add_tasks(con.execute(_TASK_AGGREGATES.format(source="tasks")).fetchall())
+        state = _State(self._config.collector.max_series_per_metric)
+        # Largest label sets first: when a metric has more than it may keep, the ones folded into 'other' are the
+        # smallest, whatever order the rows were stored in.
+        attempts = _ATTEMPT_AGGREGATES.format(source="attempts") + "ORDER BY attempts DESC"
+        state.add_attempts(con.execute(attempts).fetchall())
+        state.add_tasks(con.execute(_TASK_AGGREGATES.format(source="tasks") + "ORDER BY 4 DESC").fetchall())
         stored = con.execute("SELECT (SELECT count(*) FROM attempts) + (SELECT count(*) FROM tasks)").fetchone()
         state.ingest["stored"] = int(stored[0]) if stored else 0
         for result, spans in con.execute("SELECT result, spans FROM ingest_counts").fetchall():
@@ -178,31 +212,34 @@ class LedgerMetrics(Collector):
             attempts, tasks, escalations = dict(s.attempts), dict(s.tasks), dict(s.escalations)
             cost, counterfactual, tokens = dict(s.cost), dict(s.counterfactual), dict(s.tokens)
             unpriced, ingest, disagreements = dict(s.unpriced), dict(s.ingest), dict(s.disagreements)
+            folded = dict(s.folded)
             duration = {k: list(v) for k, v in s.duration.items()}
 
-        yield _counter(
-            "costline_attempts",
-            "Model call attempts.",
-            ["provider", "model", "tier", "outcome", "error_type"],
-            attempts,
-        )
-        yield _counter("costline_tasks", "Routed tasks.", ["task_type", "outcome", "escalated"], tasks)
+        yield _counter("costline_attempts", "Model call attempts.", ATTEMPT_LABELS, attempts)
+        yield _counter("costline_tasks", "Routed tasks.", TASK_LABELS, tasks)
         yield _counter(
             "costline_escalations",
             "Escalations to the escalation model that were made.",
-            ["reason", "model"],
+            ESCALATION_LABELS,
             escalations,
         )
-        yield _counter("costline_cost_usd", "Priced cost of attempts in USD.", ["provider", "model"], cost)
+        yield _counter("costline_cost_usd", "Priced cost of attempts in USD.", MODEL_LABELS, cost)
         yield _counter(
             "costline_counterfactual_usd",
             "What local successes would have cost on the escalation model, in USD.",
-            ["model"],
-            {(m,): v for m, v in counterfactual.items()},
+            ("model",),
+            counterfactual,
         )
-        yield _counter("costline_tokens", "Tokens by type.", ["provider", "model", "type"], tokens)
+        yield _counter("costline_tokens", "Tokens by type.", TOKEN_LABELS, tokens)
+        yield _counter(
+            "costline_metric_folded_updates",
+            "Updates counted under label value 'other' because the metric already had "
+            "collector.max_series_per_metric label sets.",
+            ("metric",),
+            {(m,): n for m, n in folded.items()},
+        )
         hist = HistogramMetricFamily(
-            "costline_attempt_duration_seconds", "Attempt duration in seconds.", labels=["provider", "model"]
+            "costline_attempt_duration_seconds", "Attempt duration in seconds.", labels=list(MODEL_LABELS)
         )
         for labels, counts in sorted(duration.items()):
             cumulative, running = [], 0.0
@@ -223,13 +260,13 @@ class LedgerMetrics(Collector):
         yield _counter(
             "costline_unpriced_attempts",
             "Attempts that could not be priced (cost NULL).",
-            ["provider", "model"],
+            MODEL_LABELS,
             unpriced,
         )
         yield _counter(
             "costline_cost_disagreements",
             "Attempts whose cost reported by the emitter differs from costline's beyond the tolerance.",
-            ["provider", "model"],
+            MODEL_LABELS,
             disagreements,
         )
 
@@ -404,8 +441,8 @@ def _task_aggregates(rows: pa.Table) -> list[tuple[Any, ...]]:
     )
 
 
-def _counter(name: str, doc: str, labels: list[str], values: dict[tuple[str, ...], Any]) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, doc, labels=labels)
+def _counter(name: str, doc: str, labels: Sequence[str], values: dict[tuple[str, ...], Any]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=list(labels))
     for key, value in sorted(values.items()):
         family.add_metric(list(key), float(value))
     return family

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from http.server import ThreadingHTTPServer
@@ -65,6 +66,7 @@ class Collector:
         self._servers: list[ThreadingHTTPServer] = []
         self._threads: list[threading.Thread] = []
         self._unpriced_logged: dict[tuple[str, str], float] = {}
+        self._unpriced_many_logged = -math.inf
         self._started = False
         self._stopped = False
 
@@ -176,10 +178,14 @@ class Collector:
     def _on_commit(self, result: WriteResult, rejected: int) -> None:
         unpriced = self.metrics.apply(result, rejected)
         now = time.monotonic()
-        for (provider, model), count in unpriced.items():
-            last = self._unpriced_logged.get((provider, model))
-            if last is None or now - last >= UNPRICED_LOG_INTERVAL_S:
-                self._unpriced_logged[(provider, model)] = now
+        many = 0  # attempts of models beyond the ones named in the log: one line for all of them
+        for key, count in unpriced.items():
+            last = self._unpriced_logged.get(key)
+            if last is None and len(self._unpriced_logged) >= self.config.collector.max_series_per_metric:
+                many += count
+            elif last is None or now - last >= UNPRICED_LOG_INTERVAL_S:
+                self._unpriced_logged[key] = now
+                provider, model = key
                 log.warning(
                     "%d attempt(s) of provider=%s model=%s could not be priced and were stored with a NULL cost; "
                     'add [prices."%s"] to the config to price them',
@@ -188,6 +194,14 @@ class Collector:
                     model,
                     model,
                 )
+        if many and now - self._unpriced_many_logged >= UNPRICED_LOG_INTERVAL_S:
+            self._unpriced_many_logged = now
+            log.warning(
+                "%d more attempt(s) could not be priced, of models beyond the %d already named in this log; "
+                "`costline report --by model` lists them",
+                many,
+                len(self._unpriced_logged),
+            )
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:

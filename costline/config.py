@@ -100,6 +100,7 @@ class CollectorConfig:
     read_timeout_s: float = 30.0  # a connection that sends no bytes for this long is closed
     query_timeout_s: float = 30.0  # a /api/v1/query query running longer is cancelled
     max_query_result_mb: int = 64  # a /api/v1/query answer larger than this is refused
+    max_series_per_metric: int = 500  # label sets per metric; more are counted under 'other'
 
 
 @dataclass(frozen=True)
@@ -480,6 +481,13 @@ def _validate(c: Config) -> None:
         "collector.max_query_result_mb",
         col.max_query_result_mb,
         "must be 1-65536 (MB a query answer through the collector may take)",
+        s,
+    )
+    _check(
+        1 <= col.max_series_per_metric <= 100_000,
+        "collector.max_series_per_metric",
+        col.max_series_per_metric,
+        "must be 1-100000 (label sets each metric keeps before counting under 'other')",
         s,
     )
 

@@ -569,3 +569,34 @@ def test_an_empty_span_stored_first_is_superseded_by_the_span_with_usage_arrivin
     report = cost_report(_LedgerFile(ledger), parse_window(None, None, None, now=NOW), ("model",))
     (table,) = report.tables
     assert [(row["model"], row["attempts"], row["cost_usd"]) for row in table.rows] == [(SONNET_45, 1, CALL_20K_2K)]
+
+
+def test_distinct_model_names_beyond_the_series_cap_are_counted_under_other(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Label cardinality and log lines stay bounded whatever names arrive; totals stay exact; folding is counted."""
+    caplog.set_level(logging.WARNING, logger="costline.collector")
+    config = collector_config(tmp_path / "ledger.duckdb", collector={"max_series_per_metric": 5})
+    names = [f"claude-imaginary-{i}" for i in range(12)]
+
+    def series(values: dict, name: str) -> dict[str, float]:
+        return {dict(labels)["model"]: v for (sample_name, labels), v in values.items() if sample_name == name}
+
+    with Collector(config) as collector:
+        with otel(collector) as (tracer, provider):
+            for i, model in enumerate(names):
+                for _ in range(2 if i < 3 else 1):  # the first three models are the largest
+                    attempt(tracer, start=RECENT, model=model)
+            assert provider.force_flush()
+        values = samples(scrape(collector))
+    attempts = series(values, "costline_attempts_total")
+    assert len(attempts) == 6 and sum(attempts.values()) == 15  # five label sets kept, then 'other'
+    assert attempts["other"] == 15 - sum(v for model, v in attempts.items() if model != "other")
+    assert sample(values, "costline_metric_folded_updates_total", metric="costline_attempts") == 7
+    assert len(series(values, "costline_unpriced_attempts_total")) == 6
+    warnings = [r.getMessage() for r in caplog.records if "could not be priced" in r.getMessage()]
+    assert len(warnings) == 6 and warnings[-1].startswith("7 more attempt(s) could not be priced")
+
+    # A restart seeds the largest label sets first: the three models with two attempts keep their own series.
+    with Collector(config) as collector:
+        again = series(samples(scrape(collector)), "costline_attempts_total")
+    assert sum(again.values()) == 15 and len(again) == 6
+    assert set(names[:3]) <= set(again)
