@@ -47,12 +47,12 @@ def demo(
 ) -> None:
     """The whole pipeline end to end on SIMULATED Ollama and Claude, then the cost reports."""
     # Imported here: the router and the Anthropic SDK take a second to load, which every other command would pay.
-    from costline.demo.run import Demo, DemoError, DemoOptions, wait_for_interrupt
+    from costline.demo.run import Demo, DemoError, DemoOptions, ctrl_c_noticed, wait_for_interrupt
 
     options = DemoOptions(tasks, directory, concurrency, seed, quota, keep_serving, otlp_endpoint)
     demo_run = Demo(options, console)
     try:
-        with demo_run:
+        with ctrl_c_noticed(), demo_run:
             run = demo_run.run(on_started=_print_banner)
             if run.ledger is None:
                 _print_router_summary(run)

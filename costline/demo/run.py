@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -406,6 +407,7 @@ class Demo:
                 pending: set[Future[TaskResult]] = {pool.submit(router.run, task) for task in tasks}
                 while pending:
                     done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    _raise_if_ctrl_c()
                     for future in done:
                         result = future.result()
                         results.append(result)
@@ -446,14 +448,39 @@ def _write_summary(run: DemoRun) -> None:
     (run.directory / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
 
+_ctrl_c = threading.Event()
+
+
+@contextlib.contextmanager
+def ctrl_c_noticed() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt at once, as usual, and is also remembered: the demo's waits raise it again.
+
+    A KeyboardInterrupt lands wherever the main thread is; inside a garbage-collector callback Python prints it as
+    ignored and drops it, and the demo would run on."""
+
+    def on_sigint(signum: int, frame: object) -> None:
+        _ctrl_c.set()
+        raise KeyboardInterrupt
+
+    _ctrl_c.clear()
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+
+
+def _raise_if_ctrl_c() -> None:
+    if _ctrl_c.is_set():
+        raise KeyboardInterrupt
+
+
 def wait_for_interrupt() -> None:
     """Block until Ctrl-C (SIGINT) or SIGTERM."""
-    import signal
-
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         while not stop.wait(0.5):
-            pass
+            _raise_if_ctrl_c()
     finally:
         signal.signal(signal.SIGTERM, previous)
