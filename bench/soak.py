@@ -23,7 +23,10 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(TESTS))
 
 import hypothesis_profiles  # noqa: E402
+from faults.hostile import run_all as run_hostile  # noqa: E402
+from faults.hostile import table as hostile_table  # noqa: E402
 from faults.proxy import DROP_AFTER, DROP_BEFORE, REFUSE_503, REPLACE_503  # noqa: E402
+from test_collector_support import collector_config, rows  # noqa: E402
 from test_faults_exporter import run_exporter_through_faults  # noqa: E402
 from test_faults_kill import run_kill9  # noqa: E402
 from test_faults_overload import run_overload  # noqa: E402
@@ -106,6 +109,24 @@ def fuzz_phase(decode_examples: int, http_examples: int) -> Callable[[Path], dic
     return run
 
 
+def hostile_phase() -> Callable[[Path], dict[str, Any]]:
+    """The hostile inputs of tests/faults/hostile.py, one by one, printed as a table of what each got."""
+
+    def run(directory: Path) -> dict[str, Any]:
+        with Collector(collector_config(directory / "ledger.duckdb")) as collector:
+
+            def stored() -> int:
+                return rows(collector, "SELECT (SELECT count(*) FROM attempts) + (SELECT count(*) FROM tasks)")[0][0]
+
+            outcomes = run_hostile(collector.otlp_url, collector.metrics_url, stored)
+        print(hostile_table(outcomes), flush=True)
+        wrong = [o.name for o in outcomes if not o.ok]
+        assert not wrong, f"hostile inputs not answered as required: {wrong}"
+        return {"hostile inputs": len(outcomes)}
+
+    return run
+
+
 def atheris_phase(seconds: int) -> Callable[[Path], dict[str, Any]]:
     def run(directory: Path) -> dict[str, Any]:
         harness = TESTS / "faults" / "atheris_otlp.py"
@@ -142,6 +163,7 @@ def main() -> int:
             soak.phase(f"kill -9 under load, round {round_ + 1}", kill_phase(n(2500), seed=100 + round_))
         soak.phase("overload at 2x capacity", overload_phase(max(2.0, 20 * args.scale), seed=7))
         soak.phase("fuzz: decode, mapping and a live collector", fuzz_phase(n(4000), n(1000)))
+        soak.phase("hostile inputs, one by one", hostile_phase())
         try:
             import atheris  # noqa: F401
         except ImportError:
