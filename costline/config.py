@@ -101,6 +101,9 @@ class CollectorConfig:
     query_timeout_s: float = 30.0  # a /api/v1/query query running longer is cancelled
     max_query_result_mb: int = 64  # a /api/v1/query answer larger than this is refused
     max_series_per_metric: int = 500  # label sets per metric; more are counted under 'other'
+    # Where reports, `costline sql` and exports ask a running collector, whose ledger may be on another host
+    # (env COSTLINE_COLLECTOR_URL); empty: the ledger file, or the local collector that holds it.
+    url: str = ""
 
 
 @dataclass(frozen=True)
@@ -488,6 +491,13 @@ def _validate(c: Config) -> None:
         "collector.max_series_per_metric",
         col.max_series_per_metric,
         "must be 1-100000 (label sets each metric keeps before counting under 'other')",
+        s,
+    )
+    _check(
+        not col.url or _is_url(col.url),
+        "collector.url",
+        col.url,
+        "must be the http:// or https:// URL of a running collector's metrics port, e.g. http://collector:9464",
         s,
     )
 

@@ -57,6 +57,7 @@ class QueryInterrupted(LedgerError):
 class LedgerSource:
     path: Path
     collector_url: str  # base URL of the collector's metrics/query server
+    remote: bool = False  # the collector was named (collector.url): ask it, whatever is on this disk
 
 
 def source_from_config(config: Config) -> LedgerSource:
@@ -65,7 +66,10 @@ def source_from_config(config: Config) -> LedgerSource:
         host = "127.0.0.1"  # a wildcard listener is reachable on loopback
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return LedgerSource(Path(config.collector.ledger).expanduser(), f"http://{host}:{config.collector.metrics_port}")
+    ledger = Path(config.collector.ledger).expanduser()
+    if config.collector.url:
+        return LedgerSource(ledger, config.collector.url.rstrip("/"), remote=True)
+    return LedgerSource(ledger, f"http://{host}:{config.collector.metrics_port}")
 
 
 def check_read_only(sql: str) -> None:
@@ -115,6 +119,9 @@ class LedgerReader:
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         """Run one read-only SELECT with positional ``?`` parameters; the result as an Arrow table."""
         check_read_only(sql)
+        if self.source.remote:
+            self.via = "collector"
+            return self._query_collector(sql, params)
         path = self.source.path
         if not path.is_file():
             raise LedgerNotFoundError(
@@ -172,6 +179,11 @@ class LedgerReader:
         except urllib.error.HTTPError as exc:
             raise self._collector_refusal(exc) from None
         except urllib.error.URLError as exc:
+            if self.source.remote:
+                raise LedgerError(
+                    f"no collector answers at {url} ({exc.reason}); check --collector-url (or collector.url, "
+                    "COSTLINE_COLLECTOR_URL): it is the collector's metrics port, e.g. http://collector:9464"
+                ) from None
             raise LedgerError(
                 f"the ledger {self.source.path} is locked by another process, and no collector answers "
                 f"at {url} ({exc.reason}); stop the process holding the file, or set collector.host and "

@@ -311,3 +311,36 @@ def test_a_write_hidden_in_a_select_is_refused_by_the_collector_too(running: tup
         assert live.execute("SELECT count(*) FROM attempts").fetchall() == [(8,)]
     finally:
         live.close()
+
+
+def test_collector_url_reaches_a_collector_whose_ledger_is_elsewhere(
+    running: tuple[Collector, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compose stack or another host: no ledger file here, only the collector's URL."""
+    collector, here = running
+    elsewhere = tmp_path / "laptop"
+    elsewhere.mkdir()
+    config = write_config(elsewhere, elsewhere / "no-ledger-here.duckdb", metrics_port=1)
+    url = ["--collector-url", collector.metrics_url]
+    expected = report_json(here, "--since", "24h", "--by", "model")
+
+    assert report_json(config, "--since", "24h", "--by", "model", *url) == expected
+    escalations = runner.invoke(app, ["report", *url, "escalations", "--since", "24h", "-c", str(config)])
+    assert escalations.exit_code == 0, escalations.output
+    query = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM attempts", "-f", "json", *url, "-c", str(config)])
+    assert query.exit_code == 0, query.output
+    assert json.loads(query.stdout) == [{"n": 8}]
+    exported = runner.invoke(app, ["export", "parquet", str(elsewhere / "out"), *url, "-c", str(config)])
+    assert exported.exit_code == 0, exported.output
+    assert duckdb.sql(f"SELECT count(*) FROM '{elsewhere}/out/attempts/*/*.parquet'").fetchall() == [(8,)]
+
+    monkeypatch.setenv("COSTLINE_COLLECTOR_URL", collector.metrics_url)
+    assert report_json(config, "--since", "24h", "--by", "model") == expected
+
+    monkeypatch.setenv("COSTLINE_COLLECTOR_URL", "http://127.0.0.1:1")
+    refused = runner.invoke(app, ["sql", "SELECT 1", "-c", str(config)])
+    assert refused.exit_code == 1
+    assert "no collector answers at http://127.0.0.1:1/api/v1/query" in " ".join(refused.output.split())
+    monkeypatch.setenv("COSTLINE_COLLECTOR_URL", "collector:9464")
+    bad = runner.invoke(app, ["sql", "SELECT 1", "-c", str(config)])
+    assert bad.exit_code == 2 and "collector.url" in bad.output

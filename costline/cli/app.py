@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from costline.config import Config, ConfigError, load_config
+from costline.config import Config, ConfigError, load_config, with_overrides
 
 app = typer.Typer(
     name="costline",
@@ -27,10 +27,20 @@ ConfigOption = Annotated[
 ]
 
 
-def load_or_exit(path: Path | None) -> Config:
+CollectorUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--collector-url",
+        help="Ask the collector at this URL (its metrics port), wherever its ledger is (or $COSTLINE_COLLECTOR_URL).",
+    ),
+]
+
+
+def load_or_exit(path: Path | None, *, collector_url: str | None = None) -> Config:
     """Load the config, or print the problem (key, value, fix) and exit with status 2."""
     try:
-        return load_config(path)
+        config = load_config(path)
+        return with_overrides(config, collector={"url": collector_url}) if collector_url else config
     except ConfigError as exc:
         fail(str(exc), code=2)
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from costline.cli.app import ConfigOption, app, console, fail, load_or_exit
+from costline.cli.app import CollectorUrlOption, ConfigOption, app, console, fail, load_or_exit
 from costline.ledger_reader import LedgerError, LedgerReader
 
 TABLES = ("attempts", "tasks")
@@ -27,9 +27,10 @@ def parquet(
         bool, typer.Option("--overwrite", help="Replace an earlier export's attempts/ and tasks/ in DIR.")
     ] = False,
     config: ConfigOption = None,
+    collector_url: CollectorUrlOption = None,
 ) -> None:
     """Write attempts and tasks as Parquet partitioned by UTC day: DIR/attempts/day=2026-11-29/part-0.parquet."""
-    cfg = load_or_exit(config)
+    cfg = load_or_exit(config, collector_url=collector_url)
     if directory.exists() and not directory.is_dir():
         fail(f"{directory} exists and is not a directory")
     existing = [directory / name for name in TABLES if (directory / name).exists()]

@@ -35,7 +35,7 @@ from collector.reports import (
     parse_window,
     savings_report,
 )
-from costline.cli.app import ConfigOption, app, fail, load_or_exit
+from costline.cli.app import CollectorUrlOption, ConfigOption, app, fail, load_or_exit
 from costline.ledger_reader import LedgerError, LedgerReader
 
 CENT = Decimal("0.01")
@@ -69,6 +69,7 @@ class _Options:
     end: str | None
     fmt: ReportFormat | None
     config: Path | None
+    collector_url: str | None
 
 
 @report_app.callback(invoke_without_command=True)
@@ -82,14 +83,15 @@ def report(
     ] = None,
     fmt: FormatOption = None,
     config: ConfigOption = None,
+    collector_url: CollectorUrlOption = None,
 ) -> None:
     """Attempts, tasks, tokens by type and cost for a window, grouped as you ask."""
     if ctx.invoked_subcommand is not None:
         if by is not None:
             fail(f"--by groups the cost report only; `costline report {ctx.invoked_subcommand}` has its own tables", 2)
-        ctx.obj = _Options(since, start, end, fmt, config)
+        ctx.obj = _Options(since, start, end, fmt, config, collector_url)
         return
-    cfg = load_or_exit(config)
+    cfg = load_or_exit(config, collector_url=collector_url)
     window = _window_or_exit(since, start, end)
     try:
         group_by = parse_group_by(by)
@@ -105,11 +107,14 @@ def _merged(
     end: str | None,
     fmt: ReportFormat | None,
     config: Path | None,
+    collector_url: str | None,
 ) -> _Options:
-    parent = ctx.obj if isinstance(ctx.obj, _Options) else _Options(None, None, None, None, None)
+    parent = ctx.obj if isinstance(ctx.obj, _Options) else _Options(None, None, None, None, None, None)
     if since is None and start is None and end is None:
         since, start, end = parent.since, parent.start, parent.end
-    return _Options(since, start, end, fmt or parent.fmt, config or parent.config)
+    return _Options(
+        since, start, end, fmt or parent.fmt, config or parent.config, collector_url or parent.collector_url
+    )
 
 
 @report_app.command("escalations")
@@ -120,10 +125,11 @@ def escalations(
     end: ToOption = None,
     fmt: FormatOption = None,
     config: ConfigOption = None,
+    collector_url: CollectorUrlOption = None,
 ) -> None:
     """Escalation rate by task type, escalation reasons, and which local models fail most and how."""
-    options = _merged(ctx, since, start, end, fmt, config)
-    cfg = load_or_exit(options.config)
+    options = _merged(ctx, since, start, end, fmt, config, collector_url)
+    cfg = load_or_exit(options.config, collector_url=options.collector_url)
     window = _window_or_exit(options.since, options.start, options.end)
     _run(lambda reader: escalation_report(reader, window), LedgerReader.from_config(cfg), options.fmt)
 
@@ -136,10 +142,11 @@ def savings(
     end: ToOption = None,
     fmt: FormatOption = None,
     config: ConfigOption = None,
+    collector_url: CollectorUrlOption = None,
 ) -> None:
     """Local successes, their cost on the escalation model, actual spend, and savings against all-Claude."""
-    options = _merged(ctx, since, start, end, fmt, config)
-    cfg = load_or_exit(options.config)
+    options = _merged(ctx, since, start, end, fmt, config, collector_url)
+    cfg = load_or_exit(options.config, collector_url=options.collector_url)
     window = _window_or_exit(options.since, options.start, options.end)
     model = cfg.escalation.model
     _run(lambda reader: savings_report(reader, window, model), LedgerReader.from_config(cfg), options.fmt)

@@ -12,7 +12,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from costline.cli.app import ConfigOption, app, fail, load_or_exit
+from costline.cli.app import CollectorUrlOption, ConfigOption, app, fail, load_or_exit
 from costline.cli.report import plain_text, rows_csv, to_json
 from costline.ledger_reader import (
     LedgerError,
@@ -37,6 +37,7 @@ def sql(
     query: Annotated[str, typer.Argument(help='One read-only statement, e.g. "SELECT * FROM daily_cost".')],
     fmt: Annotated[SqlFormat, typer.Option("--format", "-f", help="Output format.")] = SqlFormat.table,
     config: ConfigOption = None,
+    collector_url: CollectorUrlOption = None,
 ) -> None:
     """Run read-only SQL over the ledger (tables attempts, tasks and the documented views)."""
     try:
@@ -45,7 +46,7 @@ def sql(
         fail(f"{exc}; the ledger is read-only here")
     except QueryError as exc:
         fail(str(exc))
-    cfg = load_or_exit(config)
+    cfg = load_or_exit(config, collector_url=collector_url)
     try:
         result = LedgerReader.from_config(cfg).query(query)
     except QueryInterrupted as exc:
