@@ -222,8 +222,11 @@ def _print_where(run: DemoRun) -> None:
     ledger, config = shlex.quote(_shown(run.ledger_path)), shlex.quote(_shown(run.config_path))
     costline = _costline()
     console.print("[bold]Where things are[/bold]")
-    console.print(f"  ledger   {ledger}   (open it with `duckdb {ledger}`)", highlight=False)
-    console.print(f"  config   {config}   ({costline} report --config {config} --by model)", highlight=False)
+    # soft_wrap: a command broken at the terminal's width would not paste back whole.
+    console.print(f"  ledger   {ledger}   (a DuckDB file: any DuckDB client reads it)", highlight=False, soft_wrap=True)
+    console.print(
+        f"  config   {config}   ({costline} report --config {config} --by model)", highlight=False, soft_wrap=True
+    )
     serving = "serving until Ctrl-C" if run.options.keep_serving else "stopped now; --keep-serving keeps it up"
     console.print(f"  metrics  {run.metrics_url}   ({serving})", highlight=False)
     from costline.demo.run import SQL_TO_TRY
