@@ -19,3 +19,13 @@ def test_loading_the_cli_does_not_load_price_data_metrics_parsing_or_parquet() -
     probe = f"import sys, costline.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_version_prints_the_installed_version_and_nothing_else() -> None:
+    from importlib.metadata import version
+    from pathlib import Path
+
+    costline = str(Path(sys.executable).parent / "costline")
+    shown = subprocess.run([costline, "--version"], capture_output=True, text=True, check=True)
+    assert shown.stdout == f"costline {version('costline')}\n"
+    assert shown.stderr == ""

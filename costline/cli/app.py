@@ -49,3 +49,21 @@ def fail(message: str, code: int = 1) -> NoReturn:
     # soft_wrap: never fold a long path or URL across lines (stderr is often a log file, 80 columns wide)
     err_console.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"costline {version('costline')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print costline's version and exit."),
+    ] = False,
+) -> None:
+    """Local-first LLM routing with an exact cost ledger."""
