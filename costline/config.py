@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 CONFIG_ENV = "COSTLINE_CONFIG"
+INGEST_TOKEN_ENV = "COSTLINE_INGEST_TOKEN"
+PROXY_TOKEN_ENV = "COSTLINE_PROXY_TOKEN"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 SECRET_KEY_NAMES = ("api_key", "anthropic_api_key", "x_api_key", "auth_token", "ingest_token", "token")
 
@@ -135,12 +137,12 @@ class Config:
     @property
     def ingest_token(self) -> str | None:
         """Optional bearer token that OTLP ingest requires (env ``COSTLINE_INGEST_TOKEN`` only)."""
-        return os.environ.get("COSTLINE_INGEST_TOKEN") or None
+        return os.environ.get(INGEST_TOKEN_ENV) or None
 
     @property
     def proxy_token(self) -> str | None:
         """Bearer token the proxy requires (env ``COSTLINE_PROXY_TOKEN`` only)."""
-        return os.environ.get("COSTLINE_PROXY_TOKEN") or None
+        return os.environ.get(PROXY_TOKEN_ENV) or None
 
     @property
     def usage_db_shared(self) -> bool:
@@ -205,8 +207,13 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         file = Path(chosen).expanduser()
         source = str(file)
         if not file.is_file():
+            given_by = "--config" if path is not None else CONFIG_ENV
+            fix = "create it, or give another path" if path is not None else f"create it, or unset {CONFIG_ENV}"
             raise ConfigError(
-                "--config", str(file), f"no such file; create it or unset {CONFIG_ENV}", source="command line"
+                given_by,
+                str(file),
+                f"no such file; {fix}",
+                source="command line" if path is not None else "environment",
             )
         try:
             raw = tomllib.loads(file.read_text(encoding="utf-8"))
@@ -226,6 +233,7 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str) -> Config:
     if isinstance(budgets, dict) and "teams" in budgets:
         raw = {**raw, "budgets": {k: v for k, v in budgets.items() if k != "teams"}}
         teams = budgets["teams"]
+    _refuse_unknown_env(env)
     sections: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         table = raw.get(name, {})
@@ -242,6 +250,23 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str) -> Config:
     )
     _validate(config)
     return config
+
+
+def _refuse_unknown_env(env: Mapping[str, str]) -> None:
+    """A ``COSTLINE_<SECTION>_<KEY>`` variable must name a key, as the file's keys must: a typo is not ignored."""
+    not_keys = {CONFIG_ENV, INGEST_TOKEN_ENV, PROXY_TOKEN_ENV, *_WELL_KNOWN_ENV}
+    for env_name in env:
+        if not env_name.startswith("COSTLINE_") or env_name in not_keys:
+            continue
+        for name, cls in _SECTIONS.items():
+            prefix = f"COSTLINE_{name}_".upper()
+            if env_name.startswith(prefix):
+                known = [f.name for f in fields(cls)]
+                if env_name[len(prefix) :].lower() not in known:
+                    variables = ", ".join(f"{prefix}{key.upper()}" for key in known)
+                    raise ConfigError(
+                        env_name, env[env_name], f"unknown setting; [{name}] takes {variables}", "environment"
+                    )
 
 
 def _section(name: str, cls: type, table: dict[str, Any], env: Mapping[str, str], source: str) -> Any:

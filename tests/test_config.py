@@ -91,9 +91,25 @@ def test_api_key_in_the_config_file_is_refused_without_echoing_it(tmp_path: Path
     assert secret not in str(info.value)
 
 
-def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no such file"):
+def test_missing_config_file_is_an_error_naming_where_the_path_came_from(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as given:
         load_config(tmp_path / "nope.toml", env={})
+    assert str(given.value).startswith("config error: --config = ") and "(from command line)" in str(given.value)
+    with pytest.raises(ConfigError) as from_env:
+        load_config(env={"COSTLINE_CONFIG": str(tmp_path / "nope.toml")})
+    assert "COSTLINE_CONFIG" in str(from_env.value) and "(from environment)" in str(from_env.value)
+
+
+def test_a_mistyped_setting_in_the_environment_is_refused_like_one_in_the_file() -> None:
+    with pytest.raises(ConfigError) as typo:
+        load_config(env={"COSTLINE_ROUTER_MODLES": "qwen3:8b"})
+    assert "COSTLINE_ROUTER_MODLES" in str(typo.value) and "COSTLINE_ROUTER_MODELS" in str(typo.value)
+    with pytest.raises(ConfigError) as secret:
+        load_config(env={"COSTLINE_ESCALATION_API_TOKEN": "sk-ant-SECRET"})
+    assert "sk-ant-SECRET" not in str(secret.value)
+    # The tokens, the config path and variables of other tools' are not config keys, and are left alone.
+    others = {"COSTLINE_INGEST_TOKEN": "t", "COSTLINE_PROXY_TOKEN": "t", "COSTLINE_PULL_MODELS": "qwen3:8b"}
+    assert load_config(env={**others, "COSTLINE_ROUTER_MODELS": "qwen3:8b"}).router.models == ("qwen3:8b",)
 
 
 def test_invalid_toml_is_an_error(tmp_path: Path) -> None:
