@@ -1,6 +1,6 @@
 """Documented views over the ledger, created by the collector so `duckdb costline.duckdb` users can query them.
 
-Every report in `collector.reports` is written against these views, and the README documents each one with its
+Every report in `collector.reports` is written against these views, and docs/reports.md documents each one with its
 columns, so that a report and a hand-written query in the `duckdb` CLI give the same figures.
 
 Conventions shared by all views:
