@@ -21,6 +21,6 @@ ENV PYTHONUNBUFFERED=1 \
     COSTLINE_USAGE_DB=/data/usage.sqlite
 EXPOSE 4318 9464
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/metrics', timeout=3)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/readyz', timeout=3)"]
 ENTRYPOINT ["costline"]
 CMD ["serve"]

@@ -57,6 +57,7 @@ def prometheus_config(stack: Stack) -> dict[str, Any]:
     return {
         "global": {"scrape_interval": stack.scrape_interval, "evaluation_interval": stack.evaluation_interval},
         "rule_files": [f"{stack.rules_dir}/*.yml"],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [stack.alertmanager_target]}]}]},
         "scrape_configs": [
             {"job_name": stack.collector_job, "static_configs": [{"targets": [stack.collector_target]}]}
         ],

@@ -15,6 +15,7 @@ class Stack:
     datasource_uid: str = "costline-prometheus"  # fixed, so dashboards find their datasource after provisioning
     datasource_name: str = "Prometheus (costline)"
     prometheus_url: str = "http://prometheus:9090"
+    alertmanager_target: str = "alertmanager:9093"  # where Prometheus sends firing alerts
     grafana_dashboards_dir: str = "/var/lib/grafana/dashboards"
     # Alerts link here; point it at your repository host (`make dashboards RUNBOOK_BASE_URL=https://…`).
     runbook_base_url: str = "docs/runbook.md"

@@ -93,7 +93,7 @@ def test_collector_ports_agree_with_the_config_defaults():
     assert all(host == container for _, host, container in published("collector"))
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert re.search(r"^EXPOSE 4318 9464$", dockerfile, re.MULTILINE)
-    assert f":{DEFAULTS.collector.metrics_port}/metrics" in " ".join(SERVICES["collector"]["healthcheck"]["test"])
+    assert f":{DEFAULTS.collector.metrics_port}/readyz" in " ".join(SERVICES["collector"]["healthcheck"]["test"])
     # Ollama's published port is the one the router's default ollama_host points at.
     assert published("ollama")[0][1] == int(DEFAULTS.router.ollama_host.rsplit(":", 1)[1])
 
@@ -113,8 +113,43 @@ def test_long_running_services_have_health_checks_and_start_in_order():
     assert SERVICES["ollama-pull"]["depends_on"] == {"ollama": {"condition": "service_healthy"}}
     assert SERVICES["ollama-pull"]["restart"] == "no"
     assert SERVICES["prometheus"]["depends_on"]["collector"]["condition"] == "service_healthy"
+    assert SERVICES["prometheus"]["depends_on"]["alertmanager"]["condition"] == "service_healthy"
     assert SERVICES["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
     assert SERVICES["demo"]["depends_on"]["collector"]["condition"] == "service_healthy"
+
+
+def test_the_collector_is_healthy_when_ready_not_when_it_merely_answers():
+    """/metrics runs ledger queries and answers while the writer is broken; /readyz tells whether ingest works."""
+    (check,) = [arg for arg in SERVICES["collector"]["healthcheck"]["test"] if "urlopen" in arg]
+    assert f"127.0.0.1:{DEFAULTS.collector.metrics_port}/readyz" in check
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert "/readyz" in dockerfile and "/metrics" not in dockerfile
+
+
+def test_nothing_large_is_pulled_and_no_password_is_defaulted_unless_asked():
+    assert SERVICES["ollama-pull"]["profiles"] == ["pull"]  # `docker compose up` pulls no model
+    password = SERVICES["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?.+\}", password), password  # compose refuses to start without it
+
+
+def test_the_collector_reads_a_mounted_config_that_loads():
+    from costline.config import load_config
+
+    target = mount_target("collector", "./deploy/costline.toml")
+    assert SERVICES["collector"]["environment"]["COSTLINE_CONFIG"] == target
+    config = load_config(ROOT / "deploy" / "costline.toml", env={})
+    assert config.budgets.daily_usd > 0 and config.escalation.max_calls_per_hour > 0
+
+
+def test_prometheus_sends_alerts_to_an_alertmanager_whose_route_has_a_receiver():
+    prometheus = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    (alertmanagers,) = prometheus["alerting"]["alertmanagers"]
+    assert alertmanagers["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    assert published("alertmanager") == [("127.0.0.1", 9093, 9093)]
+    target = mount_target("alertmanager", "./deploy/alertmanager.yml")
+    assert f"--config.file={target}" in SERVICES["alertmanager"]["command"]
+    config = yaml.safe_load((ROOT / "deploy" / "alertmanager.yml").read_text(encoding="utf-8"))
+    assert config["route"]["receiver"] in {receiver["name"] for receiver in config["receivers"]}
 
 
 def test_the_model_pull_covers_the_default_model_chain():
