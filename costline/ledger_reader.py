@@ -85,7 +85,7 @@ def check_read_only(sql: str) -> None:
     kind = statements[0].type
     if kind not in READ_ONLY_TYPES:
         raise NotReadOnlyError(
-            f"{READ_ONLY_MESSAGE}: this is a {kind.name} statement; "
+            f"{READ_ONLY_MESSAGE}: {kind.name} is not a read-only statement; "
             "costline sql runs SELECT (and FROM, WITH, DESCRIBE, SHOW, SUMMARIZE)"
         )
 

@@ -72,7 +72,7 @@ def test_export_refuses_to_overwrite_unless_asked(tmp_path: Path, config: Path) 
     before = marker.read_bytes()
     again = runner.invoke(app, ["export", "parquet", str(out), "-c", str(config)])
     assert again.exit_code == 1
-    assert "already exist(s); pass --overwrite to replace them" in " ".join(again.stderr.split())
+    assert "already exist; pass --overwrite to replace an earlier export" in " ".join(again.stderr.split())
     assert marker.read_bytes() == before
     replaced = runner.invoke(app, ["export", "parquet", str(out), "--overwrite", "-c", str(config)])
     assert replaced.exit_code == 0, replaced.output

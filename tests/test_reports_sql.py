@@ -123,7 +123,7 @@ def test_writes_are_refused_and_the_ledger_is_unchanged(
     before = digest(ledger)
     result = sql(config, query)
     assert result.exit_code == 1
-    assert squash(f"only read-only queries are allowed: this is a {kind} statement") in squash(result.stderr)
+    assert squash(f"only read-only queries are allowed: {kind} is not a read-only statement") in squash(result.stderr)
     assert digest(ledger) == before
     assert not (tmp_path / "out.csv").exists()
 

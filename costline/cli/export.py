@@ -35,7 +35,8 @@ def parquet(
         fail(f"{directory} exists and is not a directory")
     existing = [directory / name for name in TABLES if (directory / name).exists()]
     if existing and not overwrite:
-        fail(f"{', '.join(map(str, existing))} already exist(s); pass --overwrite to replace them")
+        verb = "exists" if len(existing) == 1 else "exist"
+        fail(f"{' and '.join(map(str, existing))} already {verb}; pass --overwrite to replace an earlier export")
     reader = LedgerReader.from_config(cfg)
     try:
         with reader:  # one connection for every day's query
