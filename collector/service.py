@@ -7,7 +7,7 @@ import logging
 import math
 import threading
 import time
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 
 import duckdb
@@ -81,9 +81,9 @@ class Collector:
                 col.host,
             )
         self._writer.start()
-        otlp = make_server(col.host, col.otlp_port, OtlpHandler)
+        otlp = _listen(col.host, col.otlp_port, OtlpHandler, "collector.otlp_port")
         try:
-            metrics = make_server(col.host, col.metrics_port, MetricsHandler)
+            metrics = _listen(col.host, col.metrics_port, MetricsHandler, "collector.metrics_port")
         except OSError:
             otlp.server_close()
             raise
@@ -233,3 +233,11 @@ class Collector:
                 self._con.close()
                 raise
         return LedgerWriter(self._writer_con)
+
+
+def _listen(host: str, port: int, handler: type[BaseHTTPRequestHandler], key: str) -> ThreadingHTTPServer:
+    """The server, or an OSError that names the port and the key that set it."""
+    try:
+        return make_server(host, port, handler)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror} (port {port}, {key})") from None

@@ -7,6 +7,7 @@ import fcntl
 import gzip
 import json
 import multiprocessing
+import socket
 import subprocess
 import sys
 import threading
@@ -482,3 +483,18 @@ def test_a_collector_whose_decode_workers_cannot_start_is_ready_and_decodes_itse
         assert collector.ready
         stored = rows(collector, "SELECT count(*) FROM attempts")
     assert answer[0] == 200 and stored == [(3,)]
+
+
+def test_serve_on_a_busy_port_names_it_and_leaves_no_empty_ledger(tmp_path: Path) -> None:
+    costline = str(Path(sys.executable).parent / "costline")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = tmp_path / "c.toml"
+        ledger = tmp_path / "new.duckdb"
+        config.write_text(f'[collector]\nledger = "{ledger}"\notlp_port = 0\nmetrics_port = {port}\n', encoding="utf-8")
+        done = subprocess.run([costline, "serve", "-c", str(config)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"(port {port}, collector.metrics_port)" in " ".join(done.stderr.split())
+    assert not ledger.exists()

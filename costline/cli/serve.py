@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -27,6 +28,8 @@ def serve(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    ledger = Path(cfg.collector.ledger).expanduser()
+    new_ledger = not ledger.exists()
     try:
         collector = Collector(cfg)
     except LedgerError as exc:
@@ -42,11 +45,10 @@ def serve(
             collector.start()
         except OSError as exc:
             collector.stop()
-            fail(
-                f"cannot listen on {cfg.collector.host} (otlp_port {cfg.collector.otlp_port}, metrics_port "
-                f"{cfg.collector.metrics_port}): {exc}; stop what holds the port or change collector.otlp_port / "
-                "collector.metrics_port"
-            )
+            if new_ledger:  # a collector that never ran leaves no empty ledger behind
+                for path in (ledger, ledger.with_name(ledger.name + ".wal")):
+                    path.unlink(missing_ok=True)
+            fail(f"cannot listen on {cfg.collector.host}: {exc}; stop what holds the port, or choose another")
         collector.decoder.start()  # a service warms up before it is ready: /readyz answers 503 until then
         console.print(
             f"costline collector: OTLP {collector.otlp_url}/v1/traces · metrics {collector.metrics_url}/metrics · "
