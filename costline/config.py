@@ -128,6 +128,8 @@ class Config:
     team_budgets: Mapping[str, BudgetConfig] = field(default_factory=dict)  # [budgets.teams."NAME"]
     validators: Mapping[str, str] = field(default_factory=dict)  # [validators] task_type = "json"
     source: str = "defaults"
+    # Where each key that is not at its default came from: "section.key" -> a file path or an environment variable.
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def anthropic_api_key(self) -> str | None:
@@ -177,7 +179,7 @@ def _state_dir() -> Path:
     return Path(state) / "costline"
 
 
-_SECTIONS: dict[str, type] = {
+SECTIONS: dict[str, type] = {
     "router": RouterConfig,
     "escalation": EscalationConfig,
     "budgets": BudgetConfig,
@@ -224,9 +226,9 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
 
 def _build(raw: dict[str, Any], env: Mapping[str, str], source: str) -> Config:
     for key in raw:
-        if key not in _SECTIONS and key not in _TABLES:
+        if key not in SECTIONS and key not in _TABLES:
             raise ConfigError(
-                key, raw[key], f"unknown section; known sections: {', '.join([*_SECTIONS, *_TABLES])}", source
+                key, raw[key], f"unknown section; known sections: {', '.join([*SECTIONS, *_TABLES])}", source
             )
     budgets = raw.get("budgets")
     teams = {}
@@ -235,11 +237,12 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str) -> Config:
         teams = budgets["teams"]
     _refuse_unknown_env(env)
     sections: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
+    origins: dict[str, str] = {}
+    for name, cls in SECTIONS.items():
         table = raw.get(name, {})
         if not isinstance(table, dict):
             raise ConfigError(name, table, f"must be a table: [{name}]", source)
-        sections[name] = _section(name, cls, table, env, source)
+        sections[name] = _section(name, cls, table, env, source, origins)
     prices = _prices(raw.get("prices", {}), source)
     config = Config(
         **sections,
@@ -247,6 +250,7 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str) -> Config:
         team_budgets=_team_budgets(teams, source),
         validators=_validators(raw.get("validators", {}), source),
         source=source,
+        origins=origins,
     )
     _validate(config)
     return config
@@ -258,7 +262,7 @@ def _refuse_unknown_env(env: Mapping[str, str]) -> None:
     for env_name in env:
         if not env_name.startswith("COSTLINE_") or env_name in not_keys:
             continue
-        for name, cls in _SECTIONS.items():
+        for name, cls in SECTIONS.items():
             prefix = f"COSTLINE_{name}_".upper()
             if env_name.startswith(prefix):
                 known = [f.name for f in fields(cls)]
@@ -269,7 +273,9 @@ def _refuse_unknown_env(env: Mapping[str, str]) -> None:
                     )
 
 
-def _section(name: str, cls: type, table: dict[str, Any], env: Mapping[str, str], source: str) -> Any:
+def _section(
+    name: str, cls: type, table: dict[str, Any], env: Mapping[str, str], source: str, origins: dict[str, str]
+) -> Any:
     known = {f.name: f for f in fields(cls)}
     values: dict[str, Any] = {}
     for key, value in table.items():
@@ -285,13 +291,16 @@ def _section(name: str, cls: type, table: dict[str, Any], env: Mapping[str, str]
         if key not in known:
             raise ConfigError(dotted, value, f"unknown key; known keys in [{name}]: {', '.join(known)}", source)
         values[key] = _coerce(dotted, value, known[key].type, source)
+        origins[dotted] = source
     for env_name, (section, key) in _WELL_KNOWN_ENV.items():
         if section == name and env.get(env_name):
             values[key] = env[env_name]
+            origins[f"{name}.{key}"] = env_name
     for key, f in known.items():
         env_name = f"COSTLINE_{name}_{key}".upper()
         if env_name in env:
             values[key] = _coerce(f"{name}.{key}", _parse_env(env[env_name], f.type), f.type, env_name)
+            origins[f"{name}.{key}"] = env_name
     return replace(cls(), **values)
 
 

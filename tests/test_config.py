@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from costline.config import ConfigError, load_config
+from costline.config import SECTIONS, ConfigError, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -117,7 +118,35 @@ def test_invalid_toml_is_an_error(tmp_path: Path) -> None:
         load_config(write(tmp_path, "[router\n"), env={})
 
 
-def test_the_documented_example_config_is_valid_and_equals_the_defaults() -> None:
-    example = Path(__file__).resolve().parents[1] / "docs" / "config.example.toml"
-    assert load_config(example, env={}).router == load_config(env={}).router
-    assert load_config(example, env={}).collector == load_config(env={}).collector
+def test_the_example_config_names_every_key_at_its_default() -> None:
+    example = Path(__file__).resolve().parents[1] / "costline" / "config.example.toml"
+    loaded, defaults = load_config(example, env={}), load_config(env={})
+    for name in SECTIONS:
+        assert getattr(loaded, name) == getattr(defaults, name), name
+    assert set(loaded.origins) == {f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in fields(cls)}
+
+
+def test_init_writes_a_starter_that_config_check_accepts_and_reports_origins(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from typer.testing import CliRunner
+
+    from costline.cli import app
+
+    runner = CliRunner()
+    starter = tmp_path / "costline.toml"
+    assert runner.invoke(app, ["init", str(starter)]).exit_code == 0
+    assert runner.invoke(app, ["init", str(starter)]).exit_code == 1  # never overwritten unasked
+
+    monkeypatch.setenv("COSTLINE_ROUTER_TIMEOUT_S", "7")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-NEVER-SHOWN")
+    checked = runner.invoke(app, ["config", "check", "--json", "-c", str(starter)])
+    assert checked.exit_code == 0, checked.output
+    document = json.loads(checked.stdout)
+    assert document["keys"]["router.timeout_s"] == {"value": 7.0, "from": "COSTLINE_ROUTER_TIMEOUT_S"}
+    assert document["keys"]["escalation.threshold"]["from"] == str(starter)
+    assert document["ANTHROPIC_API_KEY"] == "set" and "sk-ant-NEVER-SHOWN" not in checked.stdout
+
+    starter.write_text(starter.read_text(encoding="utf-8").replace("threshold = 2", "threshold = -1"), encoding="utf-8")
+    broken = runner.invoke(app, ["config", "check", "-c", str(starter)])
+    assert broken.exit_code == 2 and "escalation.threshold" in broken.output
