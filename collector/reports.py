@@ -146,6 +146,7 @@ def _col(name: str, kind: str, title: str | None = None) -> Column:
 _GROUP_KINDS = {"day": "date"}
 _COST_COLUMNS = [
     _col("attempts", "count"),
+    _col("refused", "count", "refused (not sent)"),
     _col("tasks", "count"),
     _col("input_tokens", "count", "input tok"),
     _col("output_tokens", "count", "output tok"),

@@ -60,8 +60,12 @@ WHERE superseded_by IS NULL  -- a call described again, with its usage, by a lat
 
 # The cost measures of any group of attempts; reports use the same text over their window. ATTEMPT_MEASURES is all
 # of them but the task count, which `collector.reports` counts in a pass of its own over a large window.
-_ATTEMPT_COUNT = """
-       count(*) AS attempts,"""
+_REFUSALS_SQL = ", ".join(repr(t) for t in REFUSAL_ERROR_TYPES)
+# `attempts` counts every attempt, as costline_attempts_total does; `refused` says how many of them were escalations
+# the quota, a budget or a missing key stopped before anything was sent (never billed), so calls sent = the difference.
+_ATTEMPT_COUNT = f"""
+       count(*) AS attempts,
+       count(*) FILTER (WHERE error_type IN ({_REFUSALS_SQL})) AS refused,"""
 _TASK_COUNT = """
        count(DISTINCT task_id) AS tasks,"""
 _ATTEMPT_SUMS = f"""
@@ -108,7 +112,6 @@ WHERE tier = '{TIER_ESCALATION}'
 
 # A task escalated when one of its escalation-tier attempts was made: an escalation refused (quota, budget, no API
 # key) never reached the cloud, so it does not count (as in the router's costline.task.escalated and the metrics).
-_REFUSALS_SQL = ", ".join(repr(t) for t in REFUSAL_ERROR_TYPES)
 ESCALATION_MADE = f"tier = '{TIER_ESCALATION}' AND coalesce(error_type, '') NOT IN ({_REFUSALS_SQL})"
 ESCALATION_REFUSED = f"tier = '{TIER_ESCALATION}' AND error_type IN ({_REFUSALS_SQL})"
 

@@ -91,10 +91,12 @@ def test_demo_ledger_agrees_with_what_was_routed_and_printed(tmp_path):
     assert f"Ledger: {tasks} tasks and {attempts} attempts stored, total cost ${cost:.6f} — matches the router" in out
     [(local_ok,)] = ledger_rows(ledger, "SELECT count(*) FROM tasks WHERE outcome = 'completed' AND NOT escalated")
     [(claude_ok,)] = ledger_rows(ledger, "SELECT count(*) FROM tasks WHERE outcome = 'completed' AND escalated")
+    [(refused,)] = ledger_rows(ledger, "SELECT count(*) FROM attempts WHERE error_type = 'quota_exhausted'")
+    assert refused > 0  # the demo's quota is small on purpose
     assert (
-        f"Routed {tasks} tasks ({attempts} attempts) in " in out
-        and f"{local_ok} completed locally, {claude_ok} completed on Claude, "
-        f"{outcomes.get('quota_exhausted', 0)} refused by the quota, {outcomes.get('failed', 0)} failed."
+        f"Routed {tasks} tasks ({attempts} attempts, {refused} of them escalations refused before sending) in " in out
+        and f"{local_ok} tasks completed locally, {claude_ok} completed on Claude, "
+        f"{outcomes.get('quota_exhausted', 0)} ended refused by the quota, {outcomes.get('failed', 0)} failed."
         in out
     )
     assert "escalation calls, last hour" in out

@@ -206,7 +206,7 @@ def test_markdown_report_is_a_pipe_table(fixed: tuple[Path, list[dict[str, Any]]
     assert "### Cost by provider" in lines
     header = next(line for line in lines if line.startswith("| provider |"))
     assert header.split(" | ")[-2:] == ["unpriced", "cost disagrees |"]  # shown: some emitter reported a cost
-    assert "| anthropic | 2 | 1 | 5,010 | 1,810 | 2,000 | 500 | $0.04 | — | 1 | 0 |" in lines
+    assert "| anthropic | 2 | 0 | 1 | 5,010 | 1,810 | 2,000 | 500 | $0.04 | — | 1 | 0 |" in lines, "\n".join(lines)
     assert "| **total** | **" in result.stdout
 
 

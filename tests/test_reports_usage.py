@@ -100,4 +100,8 @@ def test_usage_and_reports_agree_for_today(fake_ollama, fake_anthropic, make_con
     )
     for kind in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
         assert escalation_tier[kind] == usage["total"][kind], kind
+    # Three calls were sent to Claude and one escalation was refused by the quota before anything was sent:
+    # the cost report names them apart, as the usage store does.
+    assert (escalation_tier["attempts"], escalation_tier["refused"]) == (4, 1)
+    assert escalation_tier["attempts"] - escalation_tier["refused"] == sum(row["calls"] for row in usage["escalations"])
     assert escalation_tier["input_tokens"] == 3 * (900 + 1200)

@@ -20,7 +20,7 @@ from costline.cli.app import app, console, fail
 from costline.cli.report import ReportFormat, render_report
 from costline.demo.profiles import CLAUDE_PROFILE, LOCAL_PROFILES, SPEEDUP
 from costline.ledger_reader import LedgerError
-from costline.spans import OUTCOME_BUDGET_EXHAUSTED, OUTCOME_CANCELLED, OUTCOME_TRUNCATED
+from costline.spans import OUTCOME_BUDGET_EXHAUSTED, OUTCOME_CANCELLED, OUTCOME_TRUNCATED, REFUSAL_ERROR_TYPES
 
 if TYPE_CHECKING:
     from costline.demo.run import DemoRun
@@ -107,10 +107,13 @@ def _routing_line(run: DemoRun) -> str:
         for o in (OUTCOME_BUDGET_EXHAUSTED, OUTCOME_TRUNCATED, OUTCOME_CANCELLED)
         if outcomes[o]
     )
+    # Tasks and attempts apart: a task the quota stopped may have had several escalations refused on the way.
+    refused = sum(a.error_type in REFUSAL_ERROR_TYPES for r in run.results for a in r.attempts)
     return (
-        f"Routed {len(run.results)} tasks ({run.attempts} attempts) in {run.elapsed_s:.1f} s, "
-        f"{run.options.concurrency} at a time: {local} completed locally, {escalated} completed on Claude, "
-        f"{outcomes['quota_exhausted']} refused by the quota, {outcomes['failed']} failed{others}."
+        f"Routed {len(run.results)} tasks ({run.attempts} attempts, {refused} of them escalations refused before "
+        f"sending) in {run.elapsed_s:.1f} s, {run.options.concurrency} at a time: {local} tasks completed locally, "
+        f"{escalated} completed on Claude, {outcomes['quota_exhausted']} ended refused by the quota, "
+        f"{outcomes['failed']} failed{others}."
     )
 
 
