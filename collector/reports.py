@@ -26,12 +26,21 @@ GROUP_COLUMNS: dict[str, str] = {
     "provider": "provider",
     "task_type": "task_type",
     "tier": "tier",
+    "reason": "escalation_reason",
+    "outcome": "outcome",
+    "service": "service_name",
+    "hour": "hour",
     "day": "day",
+    "week": "week",
+    "month": "month",
 }
+# Time buckets sort in time order, ahead of the cost order of the other groups.
+_TIME_GROUPS = ("hour", "day", "week", "month")
 
 _WINDOW_FILTER = "start_time >= CAST(? AS TIMESTAMPTZ) AND start_time < CAST(? AS TIMESTAMPTZ)"
-_SINCE_RE = re.compile(r"^(\d+)([hd])$")
-SINCE_FORM = "a number of hours or days such as 24h, 7d or 30d"
+_SINCE_RE = re.compile(r"^(\d+)([mhdw])$")
+_SINCE_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+SINCE_FORM = "a number of minutes, hours, days or weeks such as 90m, 24h, 7d or 2w"
 DATE_FORM = "a UTC date YYYY-MM-DD (or a date-time YYYY-MM-DDTHH:MM[:SS][+00:00])"
 
 
@@ -67,21 +76,21 @@ def _show_time(moment: datetime) -> str:
 def parse_window(
     since: str | None, start: str | None, end: str | None, *, now: datetime | None = None, default: str = "7d"
 ) -> Window:
-    """``--since 24h|7d|30d`` (any N h or N d) or ``--from DATE [--to DATE]``; ``--to`` DATE is inclusive."""
+    """``--since 90m|24h|7d|2w`` ending now, or ending at ``--to``; or ``--from DATE [--to DATE]``. A ``--to`` DATE is
+    inclusive; ``--to`` alone ends the default span there."""
     now = (now or clock.now()).astimezone(UTC)
-    if since is not None and (start is not None or end is not None):
-        raise ReportInputError("use either --since or --from/--to, not both")
-    if start is None and end is not None:
-        raise ReportInputError(f"--to needs --from: give --from as {DATE_FORM}")
+    if since is not None and start is not None:
+        raise ReportInputError("use either --since or --from, not both")
     if start is None:
         text = (since or default).strip().lower()
         match = _SINCE_RE.match(text)
         if not match or int(match.group(1)) == 0:
             raise ReportInputError(f"--since {since!r} is not a window: give {SINCE_FORM}")
         amount, unit = int(match.group(1)), match.group(2)
+        # --to without --from: the span (--since, else the default) before that end.
+        upper = _parse_bound("--to", end, inclusive_day=True) if end is not None else now
         try:
-            span = timedelta(hours=amount) if unit == "h" else timedelta(days=amount)
-            return Window(now - span, now)
+            return Window(upper - timedelta(**{_SINCE_UNITS[unit]: amount}), upper)
         except OverflowError:
             raise ReportInputError(f"--since {since!r} is too long a window: give {SINCE_FORM}") from None
     lower = _parse_bound("--from", start, inclusive_day=False)
@@ -143,7 +152,7 @@ def _col(name: str, kind: str, title: str | None = None) -> Column:
     return Column(name, kind, title or name.replace("_", " "))
 
 
-_GROUP_KINDS = {"day": "date"}
+_GROUP_KINDS = {"day": "date", "week": "date", "month": "date", "hour": "text"}
 _COST_COLUMNS = [
     _col("attempts", "count"),
     _col("refused", "count", "refused (not sent)"),
@@ -171,8 +180,8 @@ def cost_report(reader: Reader, window: Window, by: Sequence[str] = ()) -> Repor
     rows: list[dict[str, Any]] = []
     if groups:
         keys = ", ".join(groups)
-        order = ["day"] if "day" in groups else []
-        order += ["cost_usd DESC", "attempts DESC", *(f"{g} NULLS LAST" for g in groups if g != "day")]
+        order = [g for g in groups if g in _TIME_GROUPS]
+        order += ["cost_usd DESC", "attempts DESC", *(f"{g} NULLS LAST" for g in groups if g not in _TIME_GROUPS)]
         sql = with_views(
             f"SELECT {keys},{ATTEMPT_MEASURES}\nFROM attempt_costs WHERE {_WINDOW_FILTER}\n"
             f"GROUP BY {keys} ORDER BY {', '.join(order)}",
@@ -219,7 +228,7 @@ def _with_tasks(row: dict[str, Any], tasks: int) -> dict[str, Any]:
 # has attempts in (bit 0: the group whose key is NULL) in a 64-bit mask; tallying the few distinct masks gives every
 # group's count and the total, exactly, in one pass. Other groupings count DISTINCT task ids per group.
 _MAX_MASKED_KEYS = 63
-_GROUP_SQL_TYPES = {"day": "DATE"}
+_GROUP_SQL_TYPES = {"day": "DATE", "week": "DATE", "month": "DATE", "hour": "TIMESTAMP"}
 
 
 def _task_counts_by_mask(

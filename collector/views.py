@@ -5,7 +5,8 @@ columns, so that a report and a hand-written query in the `duckdb` CLI give the 
 
 Conventions shared by all views:
 - ``model`` is the REQUEST model (the response model when no request model was recorded), like the metrics' label.
-- ``day`` is the UTC calendar day of the attempt's start time.
+- ``day`` is the UTC calendar day of the attempt's start time; ``hour`` (a UTC timestamp), ``week`` (its Monday)
+  and ``month`` (its first day) are its UTC hour, ISO week and month.
 - Token counts of an attempt that reported none are 0; costs stay NULL when an attempt could not be priced, so a sum
   of ``cost_usd`` is the priced spend and ``unpriced_attempts`` says how much is missing from it. An attempt that
   reported no usage at all (``price_source = 'no-usage'``, typically a failed call) has a NULL cost too, but nothing
@@ -28,6 +29,9 @@ _LOCAL_PROVIDERS_SQL = ", ".join(f"'{provider}'" for provider in sorted(LOCAL_PR
 ATTEMPT_COSTS = f"""
 SELECT start_time,
        CAST(timezone('UTC', start_time) AS DATE) AS day,
+       date_trunc('hour', timezone('UTC', start_time)) AS hour,
+       CAST(date_trunc('week', timezone('UTC', start_time)) AS DATE) AS week,
+       CAST(date_trunc('month', timezone('UTC', start_time)) AS DATE) AS month,
        trace_id,
        span_id,
        task_id,

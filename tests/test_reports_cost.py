@@ -16,6 +16,7 @@ import pytest
 from ledger_fixtures import NOW, attempt, scenario, write_config, write_ledger
 from typer.testing import CliRunner
 
+from collector.reports import Window, parse_window
 from costline import clock
 from costline.cli import app
 
@@ -230,14 +231,14 @@ def test_empty_window_prints_an_empty_report(fixed: tuple[Path, list[dict[str, A
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--since", "7days"], "--since '7days' is not a window: give a number of hours or days such as 24h, 7d"),
+        (["--since", "7days"], "--since '7days' is not a window: give a number of minutes, hours, days or weeks"),
         (["--since", "0d"], "is not a window"),
         (["--from", "29/11/2026"], "--from '29/11/2026' is not a date: give a UTC date YYYY-MM-DD"),
         (["--from", "2026-11-01", "--to", "2026-13-01"], "--to '2026-13-01' is not a date: give a UTC date YYYY-MM-DD"),
-        (["--to", "2026-11-01"], "--to needs --from"),
-        (["--since", "7d", "--from", "2026-11-01"], "use either --since or --from/--to, not both"),
+        (["--to", "2026-11-01T25:00"], "--to '2026-11-01T25:00' is not a date"),
+        (["--since", "7d", "--from", "2026-11-01"], "use either --since or --from, not both"),
         (["--from", "2026-11-05", "--to", "2026-11-01"], "--to (2026-11-01) must be after --from (2026-11-05)"),
-        (["--by", "model,colour"], "--by colour: not a column; use any of model, provider, task_type, tier, day"),
+        (["--by", "model,colour"], "--by colour: not a column; use any of model, provider, task_type, tier, reason,"),
         (["--by", "model; DROP TABLE attempts"], "not a column"),
     ],
 )
@@ -256,7 +257,9 @@ def test_bad_window_on_the_sub_reports(fixed: tuple[Path, list[dict[str, Any]]])
     for sub in ("escalations", "savings"):
         result = run("report", sub, "--since", "week", "-c", str(config))
         assert result.exit_code == 2
-        assert squash("give a number of hours or days such as 24h, 7d or 30d") in squash(result.stderr)
+        assert squash("give a number of minutes, hours, days or weeks such as 90m, 24h, 7d or 2w") in squash(
+            result.stderr
+        )
 
 
 def test_unknown_format_is_refused(fixed: tuple[Path, list[dict[str, Any]]]) -> None:
@@ -295,3 +298,43 @@ def test_task_counts_stay_exact_with_more_groups_than_the_task_mask_holds(tmp_pa
         **{f"m{index:02d}": 2 for index in range(models)},
         None: 1,
     }
+
+
+def _utc(row: dict[str, Any]) -> datetime:
+    return row["start_time"].astimezone(UTC)
+
+
+@pytest.mark.parametrize(
+    ("by", "column", "key"),
+    [
+        ("hour", "hour", lambda row: _utc(row).strftime("%Y-%m-%dT%H:00:00")),
+        ("week", "week", lambda row: (_utc(row).date() - timedelta(days=_utc(row).weekday())).isoformat()),
+        ("month", "month", lambda row: _utc(row).strftime("%Y-%m-01")),
+        ("outcome", "outcome", lambda row: row["outcome"]),
+        ("service", "service_name", lambda row: row["service_name"]),
+        ("reason", "escalation_reason", lambda row: row["escalation_reason"]),
+    ],
+)
+def test_time_buckets_and_the_other_groupings_add_up(
+    fixed: tuple[Path, list[dict[str, Any]]], by: str, column: str, key: Any
+) -> None:
+    config, rows = fixed
+    result = run("report", "--from", "2026-11-01", "--by", by, "--format", "json", "-c", str(config))
+    assert result.exit_code == 0, result.output
+    table = json.loads(result.stdout, parse_float=Decimal)["tables"]["cost"]
+    got = {None if row[column] is None else str(row[column]): row["attempts"] for row in table["rows"]}
+    want: dict[Any, int] = defaultdict(int)
+    for row in rows:
+        if _utc(row) >= datetime(2026, 11, 1, tzinfo=UTC):
+            want[key(row)] += 1
+    assert got == dict(want)
+    assert sum(row["cost_usd"] for row in table["rows"]) == table["total"]["cost_usd"]
+
+
+def test_since_takes_minutes_and_weeks_and_to_alone_ends_the_window() -> None:
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    assert parse_window("90m", None, None, now=now) == Window(now - timedelta(minutes=90), now)
+    assert parse_window("2w", None, None, now=now) == Window(now - timedelta(weeks=2), now)
+    end = datetime(2026, 11, 21, tzinfo=UTC)  # --to 2026-11-20 is inclusive
+    assert parse_window(None, None, "2026-11-20", now=now) == Window(end - timedelta(days=7), end)
+    assert parse_window("24h", None, "2026-11-20", now=now) == Window(end - timedelta(hours=24), end)

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from collector.reports import (
+    GROUP_COLUMNS,
     Column,
     Report,
     ReportInputError,
@@ -50,10 +51,16 @@ class ReportFormat(StrEnum):
 
 
 SinceOption = Annotated[
-    str | None, typer.Option("--since", help="Window ending now: 24h, 7d, 30d (any N h or N d). Default 7d.")
+    str | None,
+    typer.Option("--since", help="Window length: 90m, 24h, 7d, 2w (N m|h|d|w), ending now or at --to. Default 7d."),
 ]
 FromOption = Annotated[str | None, typer.Option("--from", help="Window start, a UTC date YYYY-MM-DD (or date-time).")]
-ToOption = Annotated[str | None, typer.Option("--to", help="Window end, a UTC date (inclusive) or date-time.")]
+ToOption = Annotated[
+    str | None,
+    typer.Option(
+        "--to", help="Window end, a UTC date (inclusive) or date-time; without --from, --since's span before it."
+    ),
+]
 FormatOption = Annotated[ReportFormat | None, typer.Option("--format", "-f", help="Output format (default: table).")]
 
 report_app = typer.Typer(help="Cost reports from the ledger (see also: escalations, savings).")
@@ -79,7 +86,7 @@ def report(
     start: FromOption = None,
     end: ToOption = None,
     by: Annotated[
-        str | None, typer.Option("--by", help="Group by any of model, provider, task_type, tier, day (comma list).")
+        str | None, typer.Option("--by", help="Group by any of " + ", ".join(GROUP_COLUMNS) + " (comma list).")
     ] = None,
     fmt: FormatOption = None,
     config: ConfigOption = None,
