@@ -29,3 +29,12 @@ def test_version_prints_the_installed_version_and_nothing_else() -> None:
     shown = subprocess.run([costline, "--version"], capture_output=True, text=True, check=True)
     assert shown.stdout == f"costline {version('costline')}\n"
     assert shown.stderr == ""
+
+
+def test_the_usage_store_loads_without_the_model_clients() -> None:
+    # `costline usage` and the collector read router.usage_store; the Anthropic SDK alone takes seconds to import.
+    probe = (
+        "import sys, router.usage_store; print(sorted(m for m in ('anthropic', 'ollama', 'httpx') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

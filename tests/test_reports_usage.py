@@ -6,6 +6,8 @@ exporter to a real collector, and records escalations in its usage store; then b
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -68,9 +70,15 @@ def test_usage_and_reports_agree_for_today(fake_ollama, fake_anthropic, make_con
     day, next_day = started.date().isoformat(), (started + timedelta(days=1)).date().isoformat()
     with clock.pinned(started):
         usage = cli_json("usage", "-c", str(cli_config))
+        as_csv = runner.invoke(app, ["usage", "--format", "csv", "-c", str(cli_config)])
         escalations = cli_json("report", "escalations", "--from", day, "--to", next_day, "-c", str(cli_config))
         by_tier = cli_json("report", "--from", day, "--to", next_day, "--by", "tier", "-c", str(cli_config))
     assert usage["date"] == day
+    assert as_csv.exit_code == 0, as_csv.output
+    csv_rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [row["reason"] for row in csv_rows] == [row["reason"] for row in usage["escalations"]] + ["total"]
+    assert Decimal(csv_rows[-1]["cost_usd"]) == sum(Decimal(row["cost_usd"]) for row in csv_rows[:-1]) > 0
+    assert int(csv_rows[-1]["calls"]) == usage["total"]["calls"] and csv_rows[-1]["date"] == day
     assert usage["usage_db"] == str(tmp_path / "usage.sqlite")
 
     from_usage = {

@@ -13,16 +13,32 @@ from rich.table import Table
 
 from costline import clock
 from costline.cli.app import ConfigOption, app, console, load_or_exit
+from costline.cli.report import rows_csv
 
 
 class Format(StrEnum):
     table = "table"
     json = "json"
+    csv = "csv"
+
+
+USAGE_COUNTS = (
+    "calls",
+    "succeeded",
+    "failed",
+    "refused",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+)
 
 
 @app.command()
 def usage(
-    output: Annotated[Format, typer.Option("--format", "-f", help="table or json.")] = Format.table,
+    output: Annotated[Format, typer.Option("--format", "-f", help="table, json or csv (escalations by reason).")] = (
+        Format.table
+    ),
     config: ConfigOption = None,
 ) -> None:
     """Today's (UTC) escalations, tokens and cost by reason, with quota and budget headroom."""
@@ -42,6 +58,14 @@ def usage(
     if output is Format.json:
         typer.echo(json.dumps(report, indent=2))
         return
+    if output is Format.csv:
+        # Exact dollars, as the usage store keeps them; one row per reason, then the day's total.
+        header = ["date", "reason", *USAGE_COUNTS, "cost_usd"]
+        lines = [[report["date"], row.reason, *(getattr(row, k) for k in USAGE_COUNTS), row.cost_usd] for row in rows]
+        total = sum((row.cost_usd for row in rows), Decimal(0))
+        lines.append([report["date"], "total", *(report["total"][k] for k in USAGE_COUNTS), total])
+        typer.echo(rows_csv(header, lines), nl=False)
+        return
     _print_tables(report)
 
 
@@ -58,20 +82,7 @@ def _report(rows: list, headroom: Any, path: str) -> dict[str, Any]:
         entry = asdict(row)
         entry["cost_usd"] = float(row.cost_usd)
         escalations.append(entry)
-    numeric = [
-        k
-        for k in (
-            "calls",
-            "succeeded",
-            "failed",
-            "refused",
-            "input_tokens",
-            "output_tokens",
-            "cache_read_tokens",
-            "cache_write_tokens",
-        )
-    ]
-    total: dict[str, Any] = {k: sum(r[k] for r in escalations) for k in numeric}
+    total: dict[str, Any] = {k: sum(r[k] for r in escalations) for k in USAGE_COUNTS}
     total["cost_usd"] = float(sum((r.cost_usd for r in rows), Decimal(0)))
     h = headroom
     budgets = {}
