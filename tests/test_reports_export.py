@@ -96,3 +96,18 @@ def test_export_into_a_file_is_refused(tmp_path: Path, config: Path) -> None:
     assert result.exit_code == 1
     assert "is not a directory" in result.stderr
     assert target.read_text() == "keep me"
+
+
+def test_export_of_a_window_holds_exactly_the_rows_in_it(tmp_path: Path, ledger: Path, config: Path) -> None:
+    out = tmp_path / "window"
+    start, end = "2026-11-28T06:00:00+00:00", "2026-11-29T06:00:00+00:00"  # partial first and last days
+    result = runner.invoke(app, ["export", "parquet", str(out), "--from", start, "--to", end, "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    source = duckdb.connect(str(ledger), read_only=True)
+    in_window = f"WHERE start_time >= TIMESTAMPTZ '{start}' AND start_time < TIMESTAMPTZ '{end}'"
+    expected = source.sql(f"SELECT span_id FROM attempts {in_window} ORDER BY span_id").fetchall()
+    source.close()
+    exported = duckdb.connect()
+    got = exported.sql(f"SELECT span_id FROM '{out}/attempts/*/*.parquet' ORDER BY span_id").fetchall()
+    assert got == expected and 0 < len(got) < 13
+    assert sorted(p.name for p in (out / "attempts").iterdir()) == ["day=2026-11-28", "day=2026-11-29"]

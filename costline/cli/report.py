@@ -99,7 +99,7 @@ def report(
         ctx.obj = _Options(since, start, end, fmt, config, collector_url)
         return
     cfg = load_or_exit(config, collector_url=collector_url)
-    window = _window_or_exit(since, start, end)
+    window = window_or_exit(since, start, end)
     try:
         group_by = parse_group_by(by)
     except ReportInputError as exc:
@@ -137,7 +137,7 @@ def escalations(
     """Escalation rate by task type, escalation reasons, and which local models fail most and how."""
     options = _merged(ctx, since, start, end, fmt, config, collector_url)
     cfg = load_or_exit(options.config, collector_url=options.collector_url)
-    window = _window_or_exit(options.since, options.start, options.end)
+    window = window_or_exit(options.since, options.start, options.end)
     _run(lambda reader: escalation_report(reader, window), LedgerReader.from_config(cfg), options.fmt)
 
 
@@ -154,12 +154,12 @@ def savings(
     """Local successes, their cost on the escalation model, actual spend, and savings against all-Claude."""
     options = _merged(ctx, since, start, end, fmt, config, collector_url)
     cfg = load_or_exit(options.config, collector_url=options.collector_url)
-    window = _window_or_exit(options.since, options.start, options.end)
+    window = window_or_exit(options.since, options.start, options.end)
     model = cfg.escalation.model
     _run(lambda reader: savings_report(reader, window, model), LedgerReader.from_config(cfg), options.fmt)
 
 
-def _window_or_exit(since: str | None, start: str | None, end: str | None) -> Window:
+def window_or_exit(since: str | None, start: str | None, end: str | None) -> Window:
     try:
         return parse_window(since, start, end)
     except ReportInputError as exc:
