@@ -172,8 +172,9 @@ def _rows(table: pa.Table) -> list[dict[str, Any]]:
     return table.to_pylist()
 
 
-def cost_report(reader: Reader, window: Window, by: Sequence[str] = ()) -> Report:
-    """Attempts, tasks, tokens by type and cost, grouped by any of the GROUP_COLUMNS."""
+def cost_report(reader: Reader, window: Window, by: Sequence[str] = (), top: int | None = None) -> Report:
+    """Attempts, tasks, tokens by type and cost, grouped by any of the GROUP_COLUMNS; ``top``: only the N groups
+    that cost most (the total still covers every group)."""
     groups = [GROUP_COLUMNS[name] for name in by]
     total_sql = with_views(f"SELECT {ATTEMPT_MEASURES}\nFROM attempt_costs WHERE {_WINDOW_FILTER}", "attempt_costs")
     total = _rows(reader.query(total_sql, window.params))[0]
@@ -197,7 +198,13 @@ def cost_report(reader: Reader, window: Window, by: Sequence[str] = ()) -> Repor
     rows = [_with_tasks(row, tasks_by_key.get(key, 0)) for row, key in zip(rows, group_keys, strict=True)]
     columns = [_col(g, _GROUP_KINDS.get(g, "text")) for g in groups] + _COST_COLUMNS
     title = "Cost by " + ", ".join(by) if by else "Cost"
-    table = ReportTable("cost", title, columns, rows if groups else [total], total if groups else None)
+    shown = rows
+    if top is not None and groups and len(rows) > top:
+        shown = sorted(rows, key=lambda row: (row["cost_usd"], row["attempts"]), reverse=True)[:top]
+        title += f", top {top} by cost"
+    table = ReportTable("cost", title, columns, shown if groups else [total], total if groups else None)
+    if len(shown) < len(rows):
+        table.notes.append(f"{len(rows) - len(shown)} more group(s) not shown; the total covers all {len(rows)}")
     if total["attempts"] == 0:
         table.notes.append("no attempts in this window")
     if total["unpriced_attempts"]:

@@ -338,3 +338,16 @@ def test_since_takes_minutes_and_weeks_and_to_alone_ends_the_window() -> None:
     end = datetime(2026, 11, 21, tzinfo=UTC)  # --to 2026-11-20 is inclusive
     assert parse_window(None, None, "2026-11-20", now=now) == Window(end - timedelta(days=7), end)
     assert parse_window("24h", None, "2026-11-20", now=now) == Window(end - timedelta(hours=24), end)
+
+
+def test_top_keeps_the_groups_that_cost_most_and_the_total_of_all(fixed: tuple[Path, list[dict[str, Any]]]) -> None:
+    config, _ = fixed
+    every = report_json("--from", "2026-11-01", "--by", "model", "-c", str(config))["tables"]["cost"]
+    top = report_json("--from", "2026-11-01", "--by", "model", "--top", "2", "-c", str(config))["tables"]["cost"]
+    by_cost = sorted(every["rows"], key=lambda row: (row["cost_usd"], row["attempts"]), reverse=True)
+    assert len(every["rows"]) > 2
+    assert top["rows"] == by_cost[:2]
+    assert top["total"] == every["total"]
+    assert f"{len(every['rows']) - 2} more group(s) not shown" in " ".join(top["notes"])
+    refused = run("report", "--top", "2", "-c", str(config))
+    assert refused.exit_code == 2 and "--top needs --by" in refused.output

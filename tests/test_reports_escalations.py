@@ -171,7 +171,7 @@ def test_options_before_the_sub_report_apply_to_it(config: Path) -> None:
 def test_by_is_for_the_cost_report_only(config: Path) -> None:
     result = runner.invoke(app, ["report", "--by", "model", "escalations", "-c", str(config)])
     assert result.exit_code == 2
-    assert "--by groups the cost report only" in result.stderr
+    assert "--by and --top shape the cost report only" in " ".join(result.stderr.split())
 
 
 def test_a_local_success_without_a_counterfactual_is_flagged(tmp_path: Path) -> None:

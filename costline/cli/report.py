@@ -88,14 +88,21 @@ def report(
     by: Annotated[
         str | None, typer.Option("--by", help="Group by any of " + ", ".join(GROUP_COLUMNS) + " (comma list).")
     ] = None,
+    top: Annotated[
+        int | None, typer.Option("--top", min=1, help="With --by: only the N groups that cost most (the total: all).")
+    ] = None,
     fmt: FormatOption = None,
     config: ConfigOption = None,
     collector_url: CollectorUrlOption = None,
 ) -> None:
     """Attempts, tasks, tokens by type and cost for a window, grouped as you ask."""
     if ctx.invoked_subcommand is not None:
-        if by is not None:
-            fail(f"--by groups the cost report only; `costline report {ctx.invoked_subcommand}` has its own tables", 2)
+        if by is not None or top is not None:
+            fail(
+                f"--by and --top shape the cost report only; `costline report {ctx.invoked_subcommand}` has its own "
+                "tables",
+                2,
+            )
         ctx.obj = _Options(since, start, end, fmt, config, collector_url)
         return
     cfg = load_or_exit(config, collector_url=collector_url)
@@ -104,7 +111,9 @@ def report(
         group_by = parse_group_by(by)
     except ReportInputError as exc:
         fail(str(exc), code=2)
-    _run(lambda reader: cost_report(reader, window, group_by), LedgerReader.from_config(cfg), fmt)
+    if top is not None and not group_by:
+        fail("--top needs --by: the groups to keep the top N of", code=2)
+    _run(lambda reader: cost_report(reader, window, group_by, top), LedgerReader.from_config(cfg), fmt)
 
 
 def _merged(
