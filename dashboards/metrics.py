@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from costline import spans as _spans
+
 ATTEMPTS: Final = "costline_attempts_total"
 TASKS: Final = "costline_tasks_total"
 ESCALATIONS: Final = "costline_escalations_total"
@@ -31,6 +33,9 @@ ESCALATED: Final = 'escalated="true"'
 LOCAL_PROVIDER: Final = 'provider="ollama"'
 ROUTED_ATTEMPT: Final = 'tier!=""'  # attempts of other emitters carry tier "" and belong to no routed task
 ERROR: Final = 'outcome="error"'
+# Escalations the quota, a budget or a missing key refused: attempts that sent nothing and cost nothing.
+REFUSED: Final = 'error_type=~"' + "|".join(_spans.REFUSAL_ERROR_TYPES) + '"'
+SENT: Final = 'error_type!~"' + "|".join(_spans.REFUSAL_ERROR_TYPES) + '"'
 REJECTED: Final = 'result="rejected"'
 
 # Recording rules (level:metric:operations).

@@ -168,14 +168,20 @@ def build(t: Thresholds, stack: Stack) -> dashboard_builders.Dashboard:
                 axis_label="tokens/s",
             ),
             timeseries_panel(
-                "Attempts by outcome per model",
-                "Model call attempts per second, by model and outcome.",
+                "Calls by outcome per model, and refused escalations",
+                "Model calls sent per second, by model and outcome; escalations the quota, a budget or a missing "
+                "API key refused before sending (never billed) apart.",
                 PER_SECOND,
                 [
                     Query(
-                        f"sum by (model, outcome) (rate({m.ATTEMPTS}{{{BY_PROVIDER_MODEL}}}[$__rate_interval]))",
+                        f"sum by (model, outcome) (rate({m.ATTEMPTS}{{{BY_PROVIDER_MODEL}, {m.SENT}}}"
+                        "[$__rate_interval]))",
                         "{{model}} {{outcome}}",
-                    )
+                    ),
+                    Query(
+                        f"sum by (model) (rate({m.ATTEMPTS}{{{BY_PROVIDER_MODEL}, {m.REFUSED}}}[$__rate_interval]))",
+                        "{{model}} refused (not sent)",
+                    ),
                 ],
                 stacked=True,
             ),

@@ -34,7 +34,7 @@ REQUIRED_PANELS = {
         "Budget headroom": "percentunit",
         "Savings from local routing": "currencyUSD",
         "Tokens by type": "short",
-        "Attempts by outcome per model": "ops",
+        "Calls by outcome per model, and refused escalations": "ops",
         "Attempt latency p50 / p95 per model": "s",
         "Unpriced attempts": "short",
     },

@@ -269,7 +269,8 @@ def test_dashboards_and_rules_against_a_real_prometheus(tmp_path: Path, monkeypa
         overview = json.loads((ROOT / generate.DASHBOARD_DIR / "costline-overview.json").read_text(encoding="utf-8"))
         by_panel = {q.panel: q.expr for q in queries(overview) if q.ref_id == "A"}
         only_primary = {**DEFAULT_VALUES, "provider": "ollama", "model": PRIMARY}
-        outcomes = prometheus.query(substitute(by_panel["Attempts by outcome per model"], only_primary), at=at)
+        calls = by_panel["Calls by outcome per model, and refused escalations"]
+        outcomes = prometheus.query(substitute(calls, only_primary), at=at)
         assert {(s["metric"]["model"], s["metric"]["outcome"]) for s in outcomes} == {
             (PRIMARY, "success"),
             (PRIMARY, "error"),
