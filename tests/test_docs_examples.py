@@ -1,0 +1,27 @@
+"""The Python example in docs/router.md runs as written, against the simulated Ollama and Claude."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROUTER_PAGE = Path(__file__).resolve().parent.parent / "docs" / "router.md"
+
+
+def test_the_router_python_example_runs_as_written(
+    fake_ollama, fake_anthropic, tmp_path: Path, unused_port: int, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    (example,) = re.findall(r"\*\*In Python:\*\*\n\n```python\n(.*?)```", ROUTER_PAGE.read_text(encoding="utf-8"), re.S)
+    (tmp_path / "costline.toml").write_text(
+        f'[router]\nollama_host = "{fake_ollama.url}"\nusage_db = "{tmp_path / "usage.sqlite"}"\n'
+        f'[escalation]\nbase_url = "{fake_anthropic.url}"\n'
+        f'[telemetry]\notlp_endpoint = "http://127.0.0.1:{unused_port}"\n',  # no collector: spans wait in the spool
+        encoding="utf-8",
+    )
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, str(ROUTER_PAGE), "exec"), {"__name__": "docs_example"})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("True completed ")  # result.ok, result.outcome, ...
+    assert printed[1].startswith("0 primary qwen2.5-coder:14b None ")  # the first attempt, as its span records it
