@@ -106,6 +106,14 @@ def test_demo_ledger_agrees_with_what_was_routed_and_printed(tmp_path):
     for _, sql in SQL_TO_TRY:
         assert ledger_rows(ledger, sql), sql
     assert out.count("costline sql --config") == 3  # costline, or the venv's script when it is not on PATH
+    # The commands it prints work when pasted as printed, from where the demo ran.
+    printed = [line.strip() for line in out.splitlines() if re.match(r"\s+\S*costline sql --config ", line)]
+    hint = re.search(r"\((\S*costline report --config \S+ --by model)\)", out)
+    assert hint is not None and len(printed) == 3
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COSTLINE_", "ANTHROPIC_", "OTEL_"))}
+    for command in [*printed, hint.group(1)]:
+        pasted = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=60, env=env, check=False)
+        assert pasted.returncode == 0 and pasted.stdout.strip(), command + pasted.stderr
 
     # Every local model and Claude did real work, and local failures of several kinds were recorded.
     models = dict(ledger_rows(ledger, "SELECT request_model, count(*) FROM attempts GROUP BY ALL"))
