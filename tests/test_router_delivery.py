@@ -275,3 +275,15 @@ def test_a_truncated_task_reaches_the_ledger_the_reports_and_the_metrics(tmp_pat
             con.close()
         samples = scrape(collector.metrics_url)
     assert value(samples, "costline_tasks_total", task_type="essay", outcome="truncated", escalated="true") == 1
+
+
+def test_the_library_without_a_collector_warns_once_and_keeps_the_spans(
+    fake_ollama, make_config, unused_port, caplog
+) -> None:
+    config = make_config(telemetry={"otlp_endpoint": f"http://127.0.0.1:{unused_port}"})
+    with caplog.at_level(logging.WARNING, logger="router.delivery"), Router(config) as router:
+        for i in range(3):
+            assert router.run(Task(f"task {i}")).ok
+    warnings = [r.getMessage() for r in caplog.records if r.name == "router.delivery"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"cannot deliver spans to http://127.0.0.1:{unused_port}")
+    assert list(config.spool_dir.glob("*.otlp"))  # sent by the next router that reaches a collector
