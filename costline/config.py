@@ -361,7 +361,7 @@ def _team_budgets(table: Any, source: str) -> dict[str, BudgetConfig]:
             )
         # A team's budget is what its table says: absent means no budget, not the global default.
         values = {"daily_usd": 0.0, "monthly_usd": 0.0, **entry}
-        teams[team] = _section(f'budgets.teams."{team}"', BudgetConfig, values, {}, source)
+        teams[team] = _section(f'budgets.teams."{team}"', BudgetConfig, values, {}, source, {})
     return teams
 
 
