@@ -32,6 +32,7 @@ from collector.decode_pool import DecoderUnavailable
 from collector.mapping import MappedRequest
 from collector.otlp_decode import DecodeError
 from collector.query import Queries, QueryCancelled, ReadOnlyViolation, ResultTooLarge
+from collector.query_bounds import UnboundedValue
 from collector.writer import BatchWriter, Pending, QueueFull, WriteFailed
 from costline.net import is_loopback
 
@@ -435,7 +436,7 @@ class MetricsHandler(_Handler):
         queries: Queries = server.queries
         try:
             answer = queries.run(sql, params, self.connection)
-        except ReadOnlyViolation as exc:
+        except (ReadOnlyViolation, UnboundedValue) as exc:
             self._error(400, str(exc))
             return
         except ResultTooLarge as exc:

@@ -4,7 +4,8 @@ DuckDB reports a data-modifying CTE (``WITH x AS (DELETE … RETURNING *) SELECT
 the statement type alone is not enough: the parsed statement (``json_serialize_sql``) must contain only select,
 set-operation and CTE query nodes, and no table function that changes the database. As a second line, the query
 runs in a transaction that is always rolled back. The ledger connection itself has external file access disabled,
-so a query cannot read or write files either.
+so a query cannot read or write files either. Functions that would build values outside DuckDB's memory limit are
+bounded by :mod:`collector.query_bounds`.
 
 Every query runs on its own cursor and can be interrupted (``interrupt()`` on that cursor): at its timeout
 (``collector.query_timeout_s``), as soon as its client closes the connection, and when the collector stops. Its
@@ -26,6 +27,8 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+
+from collector.query_bounds import check_function
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +218,13 @@ def _check_tree(con: duckdb.DuckDBPyConnection, sql: str) -> None:
             function = node.get("function_name")
             if isinstance(function, str) and function.lower() in _WRITING_FUNCTIONS:
                 raise ReadOnlyViolation
+            if kind == "TABLE_FUNCTION" and isinstance(node.get("function"), dict):
+                # FROM range(…) streams its rows: only what its arguments compute is bounded here
+                stack.extend(node["function"].get("arguments", []))
+                stack.extend(v for k, v in node.items() if k != "function")
+                continue
+            if node.get("class") == "FUNCTION":
+                check_function(node)
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)

@@ -68,7 +68,7 @@ def test_a_query_whose_client_left_is_interrupted(tmp_path: Path) -> None:
 def test_a_result_larger_than_the_bound_is_refused_not_held(tmp_path: Path) -> None:
     config = collector_config(tmp_path / "ledger.duckdb", collector={"max_query_result_mb": 1})
     with Collector(config) as collector:
-        status, error = _query(collector.metrics_url, "SELECT repeat('x', 4000000) AS big")
+        status, error = _query(collector.metrics_url, "SELECT repeat('x', 1000) AS big FROM range(5000)")
         assert status == 413
         assert error["error"].startswith("the result is larger than 1 MB (collector.max_query_result_mb)")
         assert _query(collector.metrics_url, "SELECT repeat('x', 1000) AS small")[0] == 200
@@ -152,3 +152,56 @@ def test_ctrl_c_stops_a_file_query_with_one_line(tmp_path: Path, monkeypatch: py
     sender.join()
     assert result.exit_code == 130
     assert result.output.strip() == "error: interrupted; the query was stopped"
+
+
+# Each would build one value (or a vector of them) far larger than DuckDB's memory limit, outside it.
+HUGE_VALUES = {
+    "SELECT repeat('x', 200000000) AS s": "repeat() would build values of 200,000,000 characters",
+    "SELECT lpad('x', 200000000, 'y') AS s": "lpad() would build values of 200,000,000 characters",
+    "SELECT repeat(name, 100) AS s FROM (SELECT 'abc' AS name)": "repeat() would build values of 6,553,600",
+    "SELECT repeat('x', n) FROM (SELECT 200000000 AS n)": "repeat(): the repeated value times the count must be a lit",
+    "SELECT printf('%200000000d', 1) AS s": "printf(): widths and precisions above 9,999 are not allowed",
+    "SELECT printf('%.*f', 200000000, 1.5) AS s": "printf(): widths taken from arguments are not allowed",
+    "SELECT format('{:>200000000}', 1) AS s": "format(): widths and precisions above 9,999 are not allowed",
+    "SELECT range(0, 30000000) AS l": "range() as a scalar builds a list per row",
+    "SELECT len(generate_series(1, 30000000)) AS n": "generate_series() as a scalar builds a list per row",
+    "SELECT list_resize([1], 100000000) AS l": "list_resize() would build values of 100,000,000",
+    "SELECT bar(1, 0, 2, 200000000) AS b": "bar() would build values of 200,000,000 characters",
+}
+
+
+def test_queries_that_would_build_huge_values_are_refused_before_they_run(tmp_path: Path) -> None:
+    with Collector(collector_config(tmp_path / "ledger.duckdb")) as collector:
+        for sql, message in HUGE_VALUES.items():
+            status, error = _query(collector.metrics_url, sql)
+            assert (status, error["error"][: len(message)]) == (400, message), sql
+
+
+def test_the_same_functions_within_bounds_answer_as_duckdb_does(tmp_path: Path) -> None:
+    sql = (
+        "SELECT printf('%.2f', 1.5) AS dollars, printf('%5d|%%', 42) AS padded, format('{:>6}', 'ab') AS right, "
+        "lpad('7', 3, '0') AS day, repeat('-', 5) AS rule, bar(1, 0, 2, 10) AS half, "
+        "(SELECT count(*) FROM range(3)) AS streamed, (SELECT max(generate_series) FROM generate_series(1, 4)) AS top"
+    )
+    with Collector(collector_config(tmp_path / "ledger.duckdb")) as collector:
+        status, answer = _query(collector.metrics_url, sql)
+    assert status == 200
+    assert answer == duckdb.sql(sql).to_arrow_table().to_pylist()
+    assert answer[0]["dollars"] == "1.50" and answer[0]["streamed"] == 3 and answer[0]["top"] == 4
+
+
+def test_hostile_queries_leave_the_collectors_memory_within_its_bounds(tmp_path: Path) -> None:
+    """The collector's peak RSS after the refused queries and an aggregate that DuckDB's memory limit stops: without
+    the bounds, ``repeat('x', 200000000)`` alone added about 600 MB."""
+    ledger_memory_mb = 64
+    with ServedCollector(tmp_path, tmp_path / "ledger.duckdb", ledger_memory_mb=ledger_memory_mb) as served:
+        served.start()
+        assert _query(served.metrics_url, "SELECT 1 AS one") == (200, [{"one": 1}])
+        baseline = served.peak_rss_mb()
+        for sql in HUGE_VALUES:
+            assert _query(served.metrics_url, sql)[0] == 400, sql
+        status, error = _query(served.metrics_url, "SELECT string_agg(repeat('x', 1000), '') FROM range(400000)")
+        assert status == 400 and "Out of Memory" in error["error"]
+        assert _query(served.metrics_url, "SELECT 2 AS two") == (200, [{"two": 2}])
+        grown = served.peak_rss_mb() - baseline
+    assert grown < ledger_memory_mb + 64, f"peak RSS grew by {grown:.0f} MiB"
