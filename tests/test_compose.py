@@ -141,6 +141,17 @@ def test_the_collector_reads_a_mounted_config_that_loads():
     assert config.budgets.daily_usd > 0 and config.escalation.max_calls_per_hour > 0
 
 
+def test_the_collector_has_a_memory_limit_above_its_own_bounds():
+    from costline.config import load_config
+
+    limit = SERVICES["collector"]["mem_limit"]
+    number, unit = re.fullmatch(r"(\d+)([mg])", limit).groups()
+    limit_mb = int(number) * (1024 if unit == "g" else 1)
+    col = load_config(ROOT / "deploy" / "costline.toml", env={}).collector
+    rss_target_mb = 400  # the process and its decode worker over 10M spans (bench/README.md)
+    assert limit_mb >= rss_target_mb + col.ledger_memory_mb + 2 * col.max_query_result_mb  # an answer built and sent
+
+
 def test_prometheus_sends_alerts_to_an_alertmanager_whose_route_has_a_receiver():
     prometheus = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
     (alertmanagers,) = prometheus["alerting"]["alertmanagers"]
