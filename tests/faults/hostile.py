@@ -36,6 +36,7 @@ class Hostile:
     make: Callable[[random.Random], Request]
     status: int  # the answer it must get
     stored: int  # the spans it must add to the ledger
+    query: bool = False  # sent to the query API (/api/v1/query) rather than the OTLP receiver
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,10 @@ def _json_int(value: str) -> Callable[[random.Random], Request]:
     return make
 
 
+def _query(sql: str) -> Callable[[random.Random], Request]:
+    return lambda rng: Request(json.dumps({"sql": sql}).encode(), {}, "application/json")
+
+
 HOSTILE: tuple[Hostile, ...] = (
     Hostile("gzip bomb: 64 MiB of zeros in 64 KiB", lambda rng: _request(gzip_bomb(64 << 20), **GZIP), 413, 0),
     Hostile("random bytes as protobuf", lambda rng: _request(rng.randbytes(4096)), 400, 0),
@@ -137,11 +142,26 @@ HOSTILE: tuple[Hostile, ...] = (
     Hostile("5 MiB model name (that span refused, others kept)", _huge_model_name, 200, 2),
     Hostile('OTLP/JSON intValue "abc"', _json_int("abc"), 400, 0),
     Hostile('OTLP/JSON intValue "1e3" (protobuf JSON reads 1000)', _json_int("1e3"), 200, 1),
+    Hostile("query: repeat('x', 200000000) (a 200 MB value)", _query("SELECT repeat('x', 200000000)"), 400, 0, True),
+    Hostile(
+        "query: string_agg past DuckDB's memory limit",
+        _query("SELECT string_agg(repeat('x', 1000), '') FROM range(400000)"),
+        400,
+        0,
+        True,
+    ),
+    Hostile(
+        "query: DELETE inside a CTE",
+        _query("WITH gone AS (DELETE FROM attempts RETURNING *) SELECT count(*) FROM gone"),
+        400,
+        0,
+        True,
+    ),
 )
 
 
-def send(otlp_url: str, request: Request) -> Answer:
-    return post(f"{otlp_url}/v1/traces", request.body, content_type=request.content_type, headers=request.headers)
+def send(url: str, request: Request, path: str = "/v1/traces") -> Answer:
+    return post(f"{url}{path}", request.body, content_type=request.content_type, headers=request.headers)
 
 
 def two_content_lengths(otlp_url: str) -> int | None:
@@ -175,7 +195,8 @@ def run_all(otlp_url: str, metrics_url: str, stored: Callable[[], int], seed: in
     outcomes = []
     for hostile in HOSTILE:
         before = stored()
-        answer = send(otlp_url, hostile.make(rng))
+        request = hostile.make(rng)
+        answer = send(metrics_url, request, "/api/v1/query") if hostile.query else send(otlp_url, request)
         outcomes.append(
             Outcome(
                 hostile.name,
