@@ -219,8 +219,11 @@ def _check_tree(con: duckdb.DuckDBPyConnection, sql: str) -> None:
             if isinstance(function, str) and function.lower() in _WRITING_FUNCTIONS:
                 raise ReadOnlyViolation
             if kind == "TABLE_FUNCTION" and isinstance(node.get("function"), dict):
-                # FROM range(…) streams its rows: only what its arguments compute is bounded here
-                stack.extend(node["function"].get("arguments", []))
+                # FROM range(…) streams its rows: the call is checked as a table function, its arguments as values
+                called = node["function"]
+                if str(called.get("function_name", "")).lower() in _WRITING_FUNCTIONS:
+                    raise ReadOnlyViolation
+                stack.extend(called.get("arguments", []))
                 stack.extend(v for k, v in node.items() if k != "function")
                 continue
             if node.get("class") == "FUNCTION":
