@@ -411,6 +411,8 @@ def _attempt_row(
     failed = status_code == STATUS_ERROR or error_type is not None
     compute = v[_COMPUTE]
     compute_s = compute if compute.__class__ is float and 0.0 <= compute < math.inf else as_non_negative_float(compute)
+    if compute_s is not None and compute_s > MAX_DURATION_NS / 1e9:  # a call's compute fits in its longest span
+        raise Rejected(f"{S.LOCAL_COMPUTE_SECONDS} above 7 days in one call{where}")
 
     cost: int | None
     counterfactual = None

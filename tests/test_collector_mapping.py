@@ -72,6 +72,10 @@ def _claude(**overrides: Any) -> dict[str, Any]:
         (_span(**_claude(**{S.PROVIDER_NAME: None})), "no gen_ai.provider.name or gen_ai.system"),
         (_span(**_claude(**{S.USAGE_OUTPUT_TOKENS: -1})), "negative gen_ai.usage.output_tokens"),
         (_span(**_claude(**{S.USAGE_INPUT_TOKENS: 10**12})), "gen_ai.usage.input_tokens above 100,000,000 in one call"),
+        (
+            _span(**{S.PROVIDER_NAME: "ollama", S.REQUEST_MODEL: "qwen3:8b", S.LOCAL_COMPUTE_SECONDS: 1e308}),
+            f"{S.LOCAL_COMPUTE_SECONDS} above 7 days in one call",
+        ),
         (_span(**_claude(**{S.USAGE_INPUT_TOKENS: "lots"})), "gen_ai.usage.input_tokens is not a whole number"),
         (_span(**_claude(**{S.USAGE_INPUT_TOKENS: 1.5})), "gen_ai.usage.input_tokens is not a whole number"),
         (
