@@ -81,11 +81,18 @@ class ModelPrice:
 
 @dataclass(frozen=True)
 class TelemetryConfig:
-    otlp_endpoint: str = "http://127.0.0.1:4318"
+    # One collector's URL, or a list of them: each trace then goes to one collector chosen by its trace id.
+    otlp_endpoint: str | tuple[str, ...] = "http://127.0.0.1:4318"
     capture_content: bool = False
     service_name: str = "costline-router"
     spool_dir: str = ""  # empty: "spool" beside the usage store
     spool_max_mb: int = 256  # spans waiting for the collector; beyond this new batches are dropped, counted and logged
+
+    @property
+    def otlp_endpoints(self) -> tuple[str, ...]:
+        """``otlp_endpoint`` as a list, whether one URL or several were given."""
+        endpoint = self.otlp_endpoint
+        return (endpoint,) if isinstance(endpoint, str) else tuple(endpoint)
 
 
 @dataclass(frozen=True)
@@ -294,7 +301,8 @@ def _section(
         origins[dotted] = source
     for env_name, (section, key) in _WELL_KNOWN_ENV.items():
         if section == name and env.get(env_name):
-            values[key] = env[env_name]
+            kind = known[key].type
+            values[key] = _coerce(f"{name}.{key}", _parse_env(env[env_name], kind), kind, env_name)
             origins[f"{name}.{key}"] = env_name
     for key, f in known.items():
         env_name = f"COSTLINE_{name}_{key}".upper()
@@ -304,8 +312,15 @@ def _section(
     return replace(cls(), **values)
 
 
+# A key that takes one string or a list of them: in the environment, a list is comma-separated.
+_ONE_OR_MORE = "str | tuple[str, ...]"
+
+
 def _parse_env(text: str, annotation: Any) -> Any:
     kind = str(annotation)
+    if kind == _ONE_OR_MORE:
+        # Empty parts are kept, so "a,,b" fails validation instead of quietly becoming two entries.
+        return [part.strip() for part in text.split(",")] if "," in text else text.strip()
     if "tuple" in kind:
         return [part.strip() for part in text.split(",") if part.strip()]
     if kind == "bool":
@@ -337,6 +352,12 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(key, value, "must be a number", source)
         return float(value)
+    if kind == _ONE_OR_MORE:
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, value, 'must be a string or a list of strings, e.g. ["a", "b"]', source)
+        return tuple(value)
     if "tuple" in kind:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(key, value, 'must be a list of non-empty strings, e.g. ["a", "b"]', source)
@@ -450,13 +471,7 @@ def _validate(c: Config) -> None:
         "must be >= 0 (USD per hour of local inference)",
         s,
     )
-    _check(
-        _is_url(c.telemetry.otlp_endpoint),
-        "telemetry.otlp_endpoint",
-        c.telemetry.otlp_endpoint,
-        'use a URL like "http://127.0.0.1:4318"',
-        s,
-    )
+    _validate_otlp_endpoints(c.telemetry.otlp_endpoint, c.origins.get("telemetry.otlp_endpoint", s))
     _check(
         c.telemetry.spool_max_mb >= 1,
         "telemetry.spool_max_mb",
@@ -534,6 +549,19 @@ def _validate(c: Config) -> None:
         "must be the http:// or https:// URL of a running collector's metrics port, e.g. http://collector:9464",
         s,
     )
+
+
+def _validate_otlp_endpoints(endpoint: str | tuple[str, ...], source: str) -> None:
+    key = "telemetry.otlp_endpoint"
+    if isinstance(endpoint, str):
+        _check(_is_url(endpoint), key, endpoint, 'use a URL like "http://127.0.0.1:4318"', source)
+        return
+    shown = list(endpoint)
+    _check(bool(endpoint), key, shown, 'list at least one collector, e.g. ["http://collector-1:4318"]', source)
+    for url in endpoint:
+        _check(_is_url(url), key, shown, f"{url!r} is not a URL; every entry must look like http://HOST:4318", source)
+    # A collector listed twice would take two shares of the traces, and the spool would have two queues for it.
+    _check(len(set(endpoint)) == len(endpoint), key, shown, "list each collector once", source)
 
 
 def _is_url(text: str) -> bool:
