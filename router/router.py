@@ -20,8 +20,8 @@ from costline.config import Config
 from costline.pricing import Pricer, is_deprecated
 from router import policy
 from router.attempt import Attempt
-from router.delivery import SpoolingExporter
 from router.errors import ProviderFailure
+from router.fanout import FanOutExporter
 from router.providers.anthropic import AnthropicProvider
 from router.providers.ollama import OllamaProvider
 from router.task import AttemptRecord, Task, TaskResult
@@ -69,7 +69,7 @@ class Router:
                     f" (end of life: {end_of_life})" if end_of_life else "",
                 )
         self._owns_provider = tracer_provider is None
-        self.exporter: SpoolingExporter | None = None  # set when the router made its own provider
+        self.exporter: FanOutExporter | None = None  # set when the router made its own provider
         if tracer_provider is None:
             tracer_provider, self.exporter = build_tracer_provider(config)
         self._tracer_provider = tracer_provider

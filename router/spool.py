@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,9 +27,12 @@ REJECTED = "rejected"
 
 
 class Spool:
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    def __init__(self, directory: Path, max_bytes: int, *, used: Callable[[], int] | None = None) -> None:
+        """``used`` measures what counts against ``max_bytes``: this directory by default; every collector's spool
+        when spans fan out over several, so one collector's outage may take the whole allowance."""
         self.directory = Path(directory)
         self.max_bytes = max_bytes
+        self._used = used or self.size
         self.directory.mkdir(parents=True, exist_ok=True)
         self.dropped_batches = 0
         self.dropped_spans = 0
@@ -39,7 +42,7 @@ class Spool:
     def add(self, payload: bytes, spans: int) -> Path | None:
         """Keep one export request; None (counted and logged) when the spool is full."""
         with self._lock:
-            if self.size() + len(payload) > self.max_bytes:
+            if self._used() + len(payload) > self.max_bytes:
                 self.dropped_batches += 1
                 self.dropped_spans += spans
                 log.error(

@@ -17,8 +17,9 @@ from opentelemetry.util.re import parse_env_headers
 from costline import spans as attr
 from costline.config import Config
 from router.delivery import DEFAULT_EXPORT_TIMEOUT_S, SpoolingExporter
+from router.fanout import FanOutExporter
 from router.providers import CallProgress, Endpoint, Reply
-from router.spool import Spool
+from router.spool_layout import open_spools
 from router.task import AttemptRecord, Task
 
 TRACES_PATH = "/v1/traces"
@@ -26,12 +27,14 @@ SPOOL_DELAY_MS = 500
 INSTRUMENTATION_NAME = "costline.router"
 
 
-def otlp_traces_endpoint(config: Config) -> str:
-    """Where spans go: the standard ``OTEL_EXPORTER_OTLP_*`` variables win over ``telemetry.otlp_endpoint``."""
+def otlp_traces_endpoints(config: Config) -> tuple[str, ...]:
+    """Where spans go: the standard ``OTEL_EXPORTER_OTLP_*`` variables (one collector) win over
+    ``telemetry.otlp_endpoint`` (one collector or several)."""
     if endpoint := os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-        return endpoint
-    base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or config.telemetry.otlp_endpoint
-    return base.rstrip("/") + TRACES_PATH
+        return (endpoint,)
+    if base := os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return (base.rstrip("/") + TRACES_PATH,)
+    return tuple(base.rstrip("/") + TRACES_PATH for base in config.telemetry.otlp_endpoints)
 
 
 def otlp_headers(config: Config) -> dict[str, str]:
@@ -45,14 +48,14 @@ def otlp_headers(config: Config) -> dict[str, str]:
 
 def build_tracer_provider(
     config: Config, *, export_timeout_s: float | None = None
-) -> tuple[TracerProvider, SpoolingExporter]:
-    """A provider whose spans wait in the on-disk spool until the collector acknowledges them."""
-    exporter = SpoolingExporter(
-        otlp_traces_endpoint(config),
-        otlp_headers(config),
-        Spool(config.spool_dir, config.telemetry.spool_max_mb * 1024 * 1024),
-        timeout_s=export_timeout_s or DEFAULT_EXPORT_TIMEOUT_S,
-    )
+) -> tuple[TracerProvider, FanOutExporter]:
+    """A provider whose spans wait in the on-disk spool until their collector acknowledges them."""
+    endpoints = otlp_traces_endpoints(config)
+    headers = otlp_headers(config)
+    spools = open_spools(config.spool_dir, endpoints, config.telemetry.spool_max_mb * 1024 * 1024)
+    timeout_s = export_timeout_s or DEFAULT_EXPORT_TIMEOUT_S
+    senders = zip(endpoints, spools, strict=True)
+    exporter = FanOutExporter([SpoolingExporter(url, headers, spool, timeout_s=timeout_s) for url, spool in senders])
     resource_attributes = (
         {} if os.environ.get("OTEL_SERVICE_NAME") else {attr.SERVICE_NAME: config.telemetry.service_name}
     )

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from costline.cli import app
 from costline.config import ConfigError, load_config
+from router.telemetry import otlp_traces_endpoints
 
 ONE, TWO = "http://collector-1:4318", "http://collector-2:4318"
 
@@ -55,6 +56,17 @@ def test_an_empty_entry_in_the_environment_is_refused_not_skipped() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(env={"COSTLINE_OTLP_ENDPOINT": f"{ONE},,{TWO}"})
     assert "'' is not a URL" in str(info.value) and "(from COSTLINE_OTLP_ENDPOINT)" in str(info.value)
+
+
+def test_the_standard_otel_variables_still_name_one_collector(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    config = load_config(write(tmp_path, f'["{ONE}", "{TWO}/"]'), env={})
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    assert otlp_traces_endpoints(config) == (f"{ONE}/v1/traces", f"{TWO}/v1/traces")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://elsewhere:4318")
+    assert otlp_traces_endpoints(config) == ("http://elsewhere:4318/v1/traces",)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4318/v1/traces")
+    assert otlp_traces_endpoints(config) == ("http://traces:4318/v1/traces",)
 
 
 def test_config_check_shows_the_list_and_where_it_came_from(tmp_path: Path) -> None:

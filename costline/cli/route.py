@@ -95,17 +95,18 @@ def route(
     if result.text is not None:  # a truncated answer is shown too, and the task still fails
         typer.echo(result.text)
     err_console.print(summary_line(result), highlight=False, soft_wrap=True)
-    if waiting := exporter.waiting():
-        err_console.print(
-            f"warning: the collector at {exporter.endpoint} did not take the spans ({exporter.last_error}); "
-            f"{len(waiting)} batches wait in {exporter.spool.directory} and are sent by the next costline route or "
-            "router that reaches it (is costline serve running? or set telemetry.otlp_endpoint)",
-            highlight=False,
-            soft_wrap=True,
-        )
+    for sender in exporter.routes:
+        if waiting := sender.waiting():
+            err_console.print(
+                f"warning: the collector at {sender.endpoint} did not take the spans ({sender.last_error}); "
+                f"{len(waiting)} batches wait in {sender.spool.directory} and are sent by the next costline route or "
+                "router that reaches it (is costline serve running? or set telemetry.otlp_endpoint)",
+                highlight=False,
+                soft_wrap=True,
+            )
     if exporter.spans_lost:
         err_console.print(
-            f"warning: {exporter.spans_lost} spans were dropped: the spool {exporter.spool.directory} is full "
+            f"warning: {exporter.spans_lost} spans were dropped: the spool {cfg.spool_dir} is full "
             "(telemetry.spool_max_mb)",
             highlight=False,
             soft_wrap=True,
