@@ -23,6 +23,7 @@ DASHBOARD_DIR = "grafana/dashboards"
 RECORDING_RULES = "prometheus/rules/costline-recording.yml"
 ALERT_RULES = "prometheus/rules/costline-alerts.yml"
 PROMETHEUS_CONFIG = "prometheus/prometheus.yml"
+PROMETHEUS_SCALE_CONFIG = "prometheus/prometheus-scale.yml"
 DATASOURCE_PROVISIONING = "grafana/provisioning/datasources/prometheus.yml"
 DASHBOARD_PROVISIONING = "grafana/provisioning/dashboards/costline.yml"
 DASHBOARDS = (overview, reliability)
@@ -53,14 +54,14 @@ def dashboard_path(module: Any) -> str:
     return f"{DASHBOARD_DIR}/{module.UID}.json"
 
 
-def prometheus_config(stack: Stack) -> dict[str, Any]:
+def prometheus_config(stack: Stack, targets: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Prometheus for the compose stack: the collector, or ``targets`` (every collector of the scale profile)."""
+    targets = targets or (stack.collector_target,)
     return {
         "global": {"scrape_interval": stack.scrape_interval, "evaluation_interval": stack.evaluation_interval},
         "rule_files": [f"{stack.rules_dir}/*.yml"],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [stack.alertmanager_target]}]}]},
-        "scrape_configs": [
-            {"job_name": stack.collector_job, "static_configs": [{"targets": [stack.collector_target]}]}
-        ],
+        "scrape_configs": [{"job_name": stack.collector_job, "static_configs": [{"targets": list(targets)}]}],
     }
 
 
@@ -111,6 +112,7 @@ def render(
     files[RECORDING_RULES] = to_yaml(rules.recording_rule_file(thresholds))
     files[ALERT_RULES] = to_yaml(rules.alert_rule_file(thresholds, stack, runbook))
     files[PROMETHEUS_CONFIG] = to_yaml(prometheus_config(stack))
+    files[PROMETHEUS_SCALE_CONFIG] = to_yaml(prometheus_config(stack, stack.scale_collector_targets))
     files[DATASOURCE_PROVISIONING] = to_yaml(datasource_provisioning(stack))
     files[DASHBOARD_PROVISIONING] = to_yaml(dashboard_provisioning(stack))
     return files

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 class Stack:
     collector_job: str = "costline-collector"  # the Prometheus job that scrapes the collector
     collector_target: str = "collector:9464"  # compose service name and metrics port
+    # The compose `scale` profile's collectors, scraped in the same job (prometheus/prometheus-scale.yml).
+    scale_collector_targets: tuple[str, ...] = ("collector:9464", "collector-2:9464")
     rules_dir: str = "/etc/prometheus/rules"  # where compose mounts prometheus/rules
     scrape_interval: str = "15s"
     evaluation_interval: str = "15s"

@@ -70,6 +70,7 @@ def test_committed_files_are_what_the_generator_produces():
         "grafana/provisioning/datasources/prometheus.yml",
         "grafana/provisioning/dashboards/costline.yml",
         "prometheus/prometheus.yml",
+        "prometheus/prometheus-scale.yml",
         "prometheus/rules/costline-recording.yml",
         "prometheus/rules/costline-alerts.yml",
     }
