@@ -17,22 +17,36 @@ SERVICES = COMPOSE["services"]
 DEFAULTS = Config()
 # Services that are restarted when they stop: the stack itself, as opposed to one-shot and opt-in jobs.
 LONG_RUNNING = [name for name, service in SERVICES.items() if service.get("restart", "no") != "no"]
+SCALE = [name for name, service in SERVICES.items() if "scale" in service.get("profiles", [])]
+SCALE_ENV_FILE = "deploy/scale.env"
+_VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
-def volumes_of(service: str) -> list[tuple[str, str]]:
-    """(source, target) pairs from the short `source:target[:mode]` syntax."""
+def env_file(path: str) -> dict[str, str]:
+    """KEY=VALUE lines, as compose's --env-file reads them (comments and blank lines skipped)."""
+    lines = (ROOT / path).read_text(encoding="utf-8").splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """`${VAR}` and `${VAR:-default}` as compose substitutes them."""
+    return _VARIABLE.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), text)
+
+
+def volumes_of(service: str, env: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(source, target) pairs from the short `source:target[:mode]` syntax, after interpolation."""
     pairs = []
     for entry in SERVICES[service].get("volumes", []):
-        source, target = entry.split(":")[:2]
+        source, target = interpolate(entry, env or {}).split(":")[:2]
         pairs.append((source, target))
     return pairs
 
 
-def bind_mounts() -> list[tuple[str, str, str]]:
+def bind_mounts(env: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
     return [
         (name, source, target)
         for name in SERVICES
-        for source, target in volumes_of(name)
+        for source, target in volumes_of(name, env)
         if source.startswith((".", "/"))
     ]
 
@@ -63,13 +77,14 @@ def test_every_pulled_image_is_pinned_to_a_version():
 def test_the_demo_is_optional_and_the_stack_runs_without_it():
     assert SERVICES["demo"]["profiles"] == ["demo"]
     assert {"collector", "prometheus", "grafana"} <= set(LONG_RUNNING)
-    for name in LONG_RUNNING:
+    for name in set(LONG_RUNNING) - set(SCALE):
         assert "profiles" not in SERVICES[name], f"{name} would only start with a profile"
         assert "demo" not in SERVICES[name].get("depends_on", {}), f"{name} depends on the optional demo"
 
 
-def test_every_bind_mounted_path_exists_in_the_repo():
-    mounts = bind_mounts()
+@pytest.mark.parametrize("env", [{}, env_file(SCALE_ENV_FILE)], ids=["default", "scale"])
+def test_every_bind_mounted_path_exists_in_the_repo(env):
+    mounts = bind_mounts(env)
     assert mounts  # Prometheus and Grafana read the repo's rules, dashboards and provisioning
     missing = [f"{name}: {source}" for name, source, _ in mounts if not (ROOT / source).exists()]
     assert missing == []
@@ -216,3 +231,100 @@ def test_grafana_dashboard_provider_reads_the_mounted_dashboards():
     target = mount_target("grafana", "./grafana/dashboards")
     assert paths
     assert all(path == target or path.startswith(target + "/") for path in paths)
+
+
+# -- the scale profile: two collectors, PostgreSQL, the lake on a volume, Prometheus scraping both ----------------
+
+COLLECTORS = ("collector", "collector-2")
+
+
+def test_the_scale_profile_adds_a_second_collector_and_postgres_and_nothing_else_needs_it():
+    assert set(SCALE) == {"collector-2", "postgres"}
+    for name in SCALE:
+        assert SERVICES[name]["profiles"] == ["scale"]
+    for name in set(SERVICES) - set(SCALE):
+        assert not set(SCALE) & set(SERVICES[name].get("depends_on", {})), f"{name} would need the scale profile"
+
+
+def test_each_collector_keeps_its_own_ledger_on_its_own_volume_and_both_share_the_lake_volume():
+    declared = set(COMPOSE["volumes"])
+    ledger_volumes = []
+    for name in COLLECTORS:
+        service = SERVICES[name]
+        assert service["build"] == "." and service["command"] == ["serve"] and service["image"] == "costline:local"
+        ledger = service["environment"]["COSTLINE_LEDGER"]
+        (volume,) = [source for source, target in volumes_of(name) if ledger.startswith(target + "/")]
+        assert volume in declared
+        ledger_volumes.append(volume)
+        lake_target = dict(volumes_of(name)).get("lake")
+        assert lake_target and env_file(SCALE_ENV_FILE)["COSTLINE_LAKE_DATA_PATH"].startswith(lake_target + "/")
+    assert len(set(ledger_volumes)) == 2  # a DuckDB file has one writer: two collectors never share one
+
+
+def test_the_second_collector_is_run_like_the_first():
+    first, second = SERVICES["collector"], SERVICES["collector-2"]
+    for key in ("healthcheck", "mem_limit", "stop_grace_period", "restart"):
+        assert second[key] == first[key], key
+    assert second["environment"] == first["environment"]  # one config, one token, one lake for both
+    assert mount_target("collector-2", "./deploy/costline.toml") == second["environment"]["COSTLINE_CONFIG"]
+    assert second["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert {container for _, _, container in published("collector-2")} == {4318, 9464}
+    host_ports = [host for name in SERVICES for _, host, _ in published(name)]
+    assert len(host_ports) == len(set(host_ports)), "two services publish the same host port"
+
+
+def test_postgres_is_pinned_and_its_password_comes_from_pgpassword_with_no_default():
+    postgres = SERVICES["postgres"]
+    assert re.fullmatch(r"postgres:\d+\.\d+", postgres["image"])
+    # Empty when PGPASSWORD is unset, and the image then refuses to create the database: never a known password.
+    assert postgres["environment"]["POSTGRES_PASSWORD"] == "${PGPASSWORD:-}"
+    for name in COLLECTORS:
+        assert SERVICES[name]["environment"]["PGPASSWORD"] == "${PGPASSWORD:-}"
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    assert any(target == "/var/lib/postgresql/data" for _, target in volumes_of("postgres"))
+
+
+def test_the_scale_env_file_puts_the_lake_catalog_in_the_postgres_service():
+    from urllib.parse import urlsplit
+
+    scale = env_file(SCALE_ENV_FILE)
+    catalog = urlsplit(scale["COSTLINE_LAKE_CATALOG"])
+    postgres = SERVICES["postgres"]["environment"]
+    assert catalog.scheme == "postgresql" and catalog.password is None  # the password comes from PGPASSWORD
+    assert (catalog.username, catalog.hostname, catalog.port) == (postgres["POSTGRES_USER"], "postgres", 5432)
+    assert catalog.path == "/" + postgres["POSTGRES_DB"]
+    for name in COLLECTORS:
+        environment = SERVICES[name]["environment"]
+        assert interpolate(environment["COSTLINE_LAKE_CATALOG"], scale) == scale["COSTLINE_LAKE_CATALOG"]
+        assert interpolate(environment["COSTLINE_LAKE_DATA_PATH"], scale) == scale["COSTLINE_LAKE_DATA_PATH"]
+        assert interpolate(environment["COSTLINE_LAKE_CATALOG"], {}) == ""  # the default stack has no lake
+
+
+def test_host_routers_of_the_scale_profile_reach_both_collectors_and_the_shared_usage_store():
+    from costline.config import load_config
+
+    router_env = env_file("deploy/router-scale.env")
+    config = load_config(ROOT / router_env.pop("COSTLINE_CONFIG"), env=router_env)
+    published_otlp = [f"http://127.0.0.1:{host}" for name in COLLECTORS for _, host, c in published(name) if c == 4318]
+    assert config.telemetry.otlp_endpoints == tuple(published_otlp)
+    assert config.usage_db_shared
+    postgres = SERVICES["postgres"]["environment"]
+    ((_, pg_port, _),) = published("postgres")
+    expected = f"postgresql://{postgres['POSTGRES_USER']}@127.0.0.1:{pg_port}/{postgres['POSTGRES_DB']}"
+    assert config.router.usage_db == expected
+
+
+def test_prometheus_scrapes_only_the_collector_by_default_and_both_in_the_scale_profile():
+    def scraped(env: dict[str, str]) -> tuple[str, set[str]]:
+        (source,) = [s for s, target in volumes_of("prometheus", env) if target == "/etc/prometheus/prometheus.yml"]
+        config = yaml.safe_load((ROOT / source).read_text(encoding="utf-8"))
+        (job,) = config["scrape_configs"]
+        return job["job_name"], {t for static in job["static_configs"] for t in static["targets"]}
+
+    default_job, default_targets = scraped({})
+    scale_job, scale_targets = scraped(env_file(SCALE_ENV_FILE))
+    port = DEFAULTS.collector.metrics_port
+    assert default_targets == {f"collector:{port}"}
+    assert scale_targets == {f"{name}:{port}" for name in COLLECTORS}
+    # One job: the CollectorDown alert, which watches up{job=...} per instance, covers both collectors.
+    assert default_job == scale_job
