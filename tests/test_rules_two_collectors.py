@@ -1,0 +1,62 @@
+"""With routers fanning out over two collectors, each collector counts only its share: the recording rules must add
+the shares up (counters) and take the configured limit once (gauges every collector reports alike). promtool runs
+the generated rules on series as two collectors in one Prometheus job expose them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from promtools import promtool
+
+from dashboards.stack import DEFAULT as STACK
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDING_RULES = ROOT / "prometheus" / "rules" / "costline-recording.yml"
+DAILY_LIMIT_USD = 5
+
+
+def series(metric: str, instance: str, values: str, **labels: str) -> dict[str, str]:
+    shown = ",".join(f'{k}="{v}"' for k, v in {"job": STACK.collector_job, "instance": instance, **labels}.items())
+    return {"series": f"{metric}{{{shown}}}", "values": values}
+
+
+def expect(expr: str, value: float) -> dict:
+    """``expr`` equals ``value`` to a millionth (promtool compares floats exactly)."""
+    rounded = f"round({expr} * 1000000)"
+    return {"expr": rounded, "eval_time": "30m", "exp_samples": [{"labels": "{}", "value": round(value * 1e6)}]}
+
+
+def test_the_recording_rules_add_up_both_collectors_and_count_the_limit_once(tmp_path: Path) -> None:
+    one, two = STACK.scale_collector_targets
+    # Per minute: the first collector's share spends $0.60 and sees 10 tasks (2 escalated), the second's $1.20 and
+    # 10 tasks (6 escalated). Both report the same configured daily budget.
+    inputs = [
+        series("costline_cost_usd_total", one, "0+0.6x60", provider="anthropic", model="claude-sonnet-4-6"),
+        series("costline_cost_usd_total", two, "0+1.2x60", provider="anthropic", model="claude-sonnet-4-6"),
+        series("costline_tasks_total", one, "0+8x60", task_type="general", outcome="completed", escalated="false"),
+        series("costline_tasks_total", one, "0+2x60", task_type="general", outcome="completed", escalated="true"),
+        series("costline_tasks_total", two, "0+4x60", task_type="general", outcome="completed", escalated="false"),
+        series("costline_tasks_total", two, "0+6x60", task_type="general", outcome="completed", escalated="true"),
+        series("costline_budget_limit_usd", one, f"{DAILY_LIMIT_USD}x60", period="daily"),
+        series("costline_budget_limit_usd", two, f"{DAILY_LIMIT_USD}x60", period="daily"),
+    ]
+    dollars_per_second = (0.6 + 1.2) / 60
+    checks = [
+        expect("costline:cost_usd:rate5m", dollars_per_second),
+        expect("costline:escalation_ratio:rate5m", (2 + 6) / 20),
+        expect("costline:daily_budget_burn:rate5m", dollars_per_second * 86400 / DAILY_LIMIT_USD),
+    ]
+    test_file = tmp_path / "two-collectors.test.yml"
+    test_file.write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": [str(RECORDING_RULES)],
+                "evaluation_interval": "1m",
+                "tests": [{"interval": "1m", "input_series": inputs, "promql_expr_test": checks}],
+            }
+        ),
+        encoding="utf-8",
+    )
+    result = promtool("test", "rules", test_file.name, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
