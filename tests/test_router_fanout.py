@@ -3,6 +3,7 @@ is down keeps its share waiting in its own spool until it answers, and the other
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ from collector.service import Collector
 from costline.config import Config, load_config, with_overrides
 from router import Router, Task
 from router.fanout import pick
-from router.spool_layout import spool_directory
+from router.spool_layout import open_spools, spool_directory
 from router.telemetry import otlp_traces_endpoints
 
 TASKS = 60
@@ -163,3 +164,36 @@ def spooled_traces(directory: Path) -> set[str]:
             for scope_spans in resource_spans.scope_spans:
                 traces |= {span.trace_id.hex() for span in scope_spans.spans}
     return traces
+
+
+def test_one_spool_allowance_covers_every_collector(tmp_path):
+    endpoints = ["http://one:4318/v1/traces", "http://two:4318/v1/traces"]
+    first, second = open_spools(tmp_path / "spool", endpoints, max_bytes=100)
+    assert first.directory != second.directory and first.directory.parent == second.directory.parent
+    assert first.add(b"x" * 60, 1) is not None
+    assert second.add(b"x" * 60, 1) is None  # 120 bytes would wait in all: over the allowance, dropped and counted
+    assert second.dropped_spans == 1
+    assert second.add(b"x" * 40, 1) is not None
+
+
+def test_costline_route_says_which_collector_its_spans_wait_for(tmp_path, fake_ollama, monkeypatch):
+    from typer.testing import CliRunner
+
+    from costline.cli import app
+
+    down = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+    config_path = tmp_path / "costline.toml"
+    config_path.write_text(
+        f'[router]\nollama_host = "{fake_ollama.url}"\nusage_db = "{tmp_path / "usage.sqlite"}"\n'
+        f"[telemetry]\notlp_endpoint = {json.dumps(down)}\n",
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(app, ["route", "hi", "--config", str(config_path)])
+    assert result.exit_code == 0, result.output
+    config = load_config(config_path, env={})
+    endpoints = otlp_traces_endpoints(config)
+    (waiting,) = [e for e in endpoints if list(spool_directory(config.spool_dir, e, endpoints).glob("*.otlp"))]
+    (warning,) = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    # One task, one trace: its spans wait for one collector, and the warning names that one and its spool.
+    assert f"the collector at {waiting} did not take the spans" in warning
+    assert str(spool_directory(config.spool_dir, waiting, endpoints)) in warning
