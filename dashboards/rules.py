@@ -79,7 +79,7 @@ def recording_rules(t: Thresholds) -> list[dict[str, str]]:
         {
             "record": m.PROJECTED_MONTH_END,
             "expr": (
-                f"max({m.BUDGET_SPENT}{{{m.MONTHLY}}})\n"
+                f"sum({m.BUDGET_SPENT}{{{m.MONTHLY}}})\n"
                 f"+\n{m.windowed(m.COST_RATE, t.projection_window)} * {remaining_month_seconds_expr()}"
             ),
         }

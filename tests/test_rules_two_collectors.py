@@ -1,6 +1,7 @@
 """With routers fanning out over two collectors, each collector counts only its share: the recording rules must add
-the shares up (counters) and take the configured limit once (gauges every collector reports alike). promtool runs
-the generated rules on series as two collectors in one Prometheus job expose them."""
+the shares up (counters, and the spent gauges each collector computes from its own ledger) and take the configured
+limit once (every collector reports it alike). promtool runs the generated rules on series as two collectors in one
+Prometheus job expose them."""
 
 from __future__ import annotations
 
@@ -47,7 +48,24 @@ def test_the_recording_rules_add_up_both_collectors_and_count_the_limit_once(tmp
         expect("costline:escalation_ratio:rate5m", (2 + 6) / 20),
         expect("costline:daily_budget_burn:rate5m", dollars_per_second * 86400 / DAILY_LIMIT_USD),
     ]
-    test_file = tmp_path / "two-collectors.test.yml"
+    run_promtool(tmp_path, inputs, checks)
+
+
+def test_the_month_end_projection_starts_from_both_collectors_spend(tmp_path: Path) -> None:
+    """Each collector's spent gauge is its own ledger's share of the month; the projection adds them up."""
+    one, two = STACK.scale_collector_targets
+    inputs = [
+        series("costline_budget_spent_usd", one, "30x60", period="monthly"),
+        series("costline_budget_spent_usd", two, "45x60", period="monthly"),
+        # No spend in the window: the projection is the month's spend so far.
+        series("costline_cost_usd_total", one, "10x60", provider="anthropic", model="claude-sonnet-4-6"),
+        series("costline_cost_usd_total", two, "20x60", provider="anthropic", model="claude-sonnet-4-6"),
+    ]
+    run_promtool(tmp_path, inputs, [expect("costline:cost_usd:projected_month_end", 30 + 45)])
+
+
+def run_promtool(directory: Path, inputs: list[dict[str, str]], checks: list[dict]) -> None:
+    test_file = directory / "two-collectors.test.yml"
     test_file.write_text(
         yaml.safe_dump(
             {
@@ -58,5 +76,5 @@ def test_the_recording_rules_add_up_both_collectors_and_count_the_limit_once(tmp
         ),
         encoding="utf-8",
     )
-    result = promtool("test", "rules", test_file.name, cwd=tmp_path)
+    result = promtool("test", "rules", test_file.name, cwd=directory)
     assert result.returncode == 0, result.stdout + result.stderr
