@@ -560,8 +560,8 @@ def _validate_otlp_endpoints(endpoint: str | tuple[str, ...], source: str) -> No
     _check(bool(endpoint), key, shown, 'list at least one collector, e.g. ["http://collector-1:4318"]', source)
     for url in endpoint:
         _check(_is_url(url), key, shown, f"{url!r} is not a URL; every entry must look like http://HOST:4318", source)
-    # A collector listed twice would take two shares of the traces, and the spool would have two queues for it.
-    _check(len(set(endpoint)) == len(endpoint), key, shown, "list each collector once", source)
+    # A collector listed twice (a trailing slash aside) would have two senders on one spool and one of them idle.
+    _check(len({url.rstrip("/") for url in endpoint}) == len(endpoint), key, shown, "list each collector once", source)
 
 
 def _is_url(text: str) -> bool:

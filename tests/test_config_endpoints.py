@@ -42,6 +42,7 @@ def test_a_list_in_the_file_and_a_comma_separated_one_in_the_environment(tmp_pat
         (f'["{ONE}", "collector-2:4318"]', "'collector-2:4318' is not a URL"),
         (f'["{ONE}", ""]', "'' is not a URL"),
         (f'["{ONE}", "{ONE}"]', "list each collector once"),
+        (f'["{ONE}", "{ONE}/"]', "list each collector once"),
         (f'["{ONE}", 4318]', "must be a string or a list of strings"),
         ('"collector:4318"', "use a URL like"),
     ],
