@@ -50,3 +50,23 @@ PROJECTED_MONTH_END: Final = "costline:cost_usd:projected_month_end"
 def windowed(name: str, window: str) -> str:
     """``windowed(COST_RATE, "5m") == "costline:cost_usd:rate5m"``."""
     return name.format(window=window)
+
+
+# With routers fanning out over several collectors, each collector's quota and budget gauges count only its own
+# ledger's share while all report the same limit: what is used adds up over collectors, the limit is taken once.
+def spent(period: str) -> str:
+    """This period's escalation spend over every collector (``period`` is DAILY or MONTHLY)."""
+    return f"sum by (period) ({BUDGET_SPENT}{{{period}}})"
+
+
+def budget_limit(period: str) -> str:
+    return f"max by (period) ({BUDGET_LIMIT}{{{period}}})"
+
+
+BUDGET_HEADROOM_OVER_COLLECTORS: Final = (
+    f"clamp_min(1 - sum by (period) ({BUDGET_SPENT}) / max by (period) ({BUDGET_LIMIT}), 0)"
+)
+QUOTA_HEADROOM_OVER_COLLECTORS: Final = (
+    f"clamp_min(1 - sum by (quota) ({QUOTA_USED}{{{ESCALATION_QUOTA}}})"
+    f" / max by (quota) ({QUOTA_LIMIT}{{{ESCALATION_QUOTA}}}), 0)"
+)

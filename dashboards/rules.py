@@ -125,8 +125,7 @@ def alerts(t: Thresholds, stack: Stack) -> list[Alert]:
             ("Slow", t.burn_slow_factor, t.burn_slow_long_window, t.burn_slow_short_window, t.burn_slow_for, "warning"),
         )
     ]
-    monthly_spent = f"{m.BUDGET_SPENT}{{{m.MONTHLY}}}"
-    monthly_limit = f"{m.BUDGET_LIMIT}{{{m.MONTHLY}}}"
+    monthly_spent, monthly_limit = m.spent(m.MONTHLY), m.budget_limit(m.MONTHLY)
     up = f'up{{job="{stack.collector_job}"}}'
     return [
         *burn_alerts,
@@ -154,7 +153,7 @@ def alerts(t: Thresholds, stack: Stack) -> list[Alert]:
         ),
         Alert(
             name="CostlineProjectedMonthEndOverBudget",
-            expr=f"{m.PROJECTED_MONTH_END}\n>\nmax({monthly_limit})",
+            expr=f"{m.PROJECTED_MONTH_END}\n>\nmax({m.BUDGET_LIMIT}{{{m.MONTHLY}}})",
             for_=t.projected_for,
             severity="warning",
             summary="Month-end spend is projected to exceed the monthly budget.",
@@ -180,7 +179,7 @@ def alerts(t: Thresholds, stack: Stack) -> list[Alert]:
         ),
         Alert(
             name="CostlineEscalationQuotaHeadroomLow",
-            expr=f"{m.QUOTA_HEADROOM}{{{m.ESCALATION_QUOTA}}} < {t.quota_headroom_ratio:g}",
+            expr=f"{m.QUOTA_HEADROOM_OVER_COLLECTORS} < {t.quota_headroom_ratio:g}",
             for_=t.quota_for,
             severity="warning",
             summary="The hourly escalation quota is nearly used up.",

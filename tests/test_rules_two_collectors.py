@@ -10,10 +10,13 @@ from pathlib import Path
 import yaml
 from promtools import promtool
 
+from dashboards import metrics as m
 from dashboards.stack import DEFAULT as STACK
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDING_RULES = ROOT / "prometheus" / "rules" / "costline-recording.yml"
+ALERT_RULES = ROOT / "prometheus" / "rules" / "costline-alerts.yml"
+MONTHLY_WARNING = "CostlineMonthlyBudgetNearlyExhausted"
 DAILY_LIMIT_USD = 5
 
 
@@ -62,6 +65,38 @@ def test_the_month_end_projection_starts_from_both_collectors_spend(tmp_path: Pa
         series("costline_cost_usd_total", two, "20x60", provider="anthropic", model="claude-sonnet-4-6"),
     ]
     run_promtool(tmp_path, inputs, [expect("costline:cost_usd:projected_month_end", 30 + 45)])
+
+
+def test_headroom_panels_and_alerts_count_what_both_collectors_used_against_one_limit(tmp_path: Path) -> None:
+    """Each collector's gauges see its own ledger: 8 and 9 of 20 quota calls used, $30 and $45 of a $100 month."""
+    one, two = STACK.scale_collector_targets
+    inputs = [
+        series("costline_quota_limit", one, "20x60", quota="escalations_per_hour"),
+        series("costline_quota_limit", two, "20x60", quota="escalations_per_hour"),
+        series("costline_quota_used", one, "8x60", quota="escalations_per_hour"),
+        series("costline_quota_used", two, "9x60", quota="escalations_per_hour"),
+        series("costline_budget_limit_usd", one, "100x60", period="monthly"),
+        series("costline_budget_limit_usd", two, "100x60", period="monthly"),
+        series("costline_budget_spent_usd", one, "30x60", period="monthly"),
+        series("costline_budget_spent_usd", two, "45x60", period="monthly"),
+    ]
+    generated = yaml.safe_load(ALERT_RULES.read_text(encoding="utf-8"))
+    monthly = next(r for g in generated["groups"] for r in g["rules"] if r.get("alert") == MONTHLY_WARNING)
+    checks = [
+        labelled(m.QUOTA_HEADROOM_OVER_COLLECTORS, '{quota="escalations_per_hour"}', 1 - 17 / 20),
+        labelled(m.BUDGET_HEADROOM_OVER_COLLECTORS, '{period="monthly"}', 1 - 75 / 100),
+        labelled(f"{m.spent(m.MONTHLY)} / {m.budget_limit(m.MONTHLY)}", '{period="monthly"}', 0.75),
+    ]
+    run_promtool(tmp_path, inputs, checks)
+    assert m.spent(m.MONTHLY) in monthly["expr"] and m.budget_limit(m.MONTHLY) in monthly["expr"]
+
+
+def labelled(expr: str, labels: str, value: float) -> dict:
+    return {
+        "expr": f"round(({expr}) * 1000000)",
+        "eval_time": "30m",
+        "exp_samples": [{"labels": labels, "value": round(value * 1e6)}],
+    }
 
 
 def run_promtool(directory: Path, inputs: list[dict[str, str]], checks: list[dict]) -> None:
