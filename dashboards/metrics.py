@@ -29,6 +29,9 @@ UNPRICED: Final = "costline_unpriced_attempts_total"
 ESCALATION_QUOTA: Final = 'quota="escalations_per_hour"'
 DAILY: Final = 'period="daily"'
 MONTHLY: Final = 'period="monthly"'
+# Budget gauges carry a series per declared team besides the global one; the global budget is the one without a
+# team label, and a selector on period alone would add team spend into it (or match many-to-many in a ratio).
+GLOBAL_BUDGET: Final = 'team=""'
 ESCALATED: Final = 'escalated="true"'
 LOCAL_PROVIDER: Final = 'provider="ollama"'
 ROUTED_ATTEMPT: Final = 'tier!=""'  # attempts of other emitters carry tier "" and belong to no routed task
@@ -56,15 +59,16 @@ def windowed(name: str, window: str) -> str:
 # ledger's share while all report the same limit: what is used adds up over collectors, the limit is taken once.
 def spent(period: str) -> str:
     """This period's escalation spend over every collector (``period`` is DAILY or MONTHLY)."""
-    return f"sum by (period) ({BUDGET_SPENT}{{{period}}})"
+    return f"sum by (period) ({BUDGET_SPENT}{{{period}, {GLOBAL_BUDGET}}})"
 
 
 def budget_limit(period: str) -> str:
-    return f"max by (period) ({BUDGET_LIMIT}{{{period}}})"
+    return f"max by (period) ({BUDGET_LIMIT}{{{period}, {GLOBAL_BUDGET}}})"
 
 
 BUDGET_HEADROOM_OVER_COLLECTORS: Final = (
-    f"clamp_min(1 - sum by (period) ({BUDGET_SPENT}) / max by (period) ({BUDGET_LIMIT}), 0)"
+    f"clamp_min(1 - sum by (period) ({BUDGET_SPENT}{{{GLOBAL_BUDGET}}})"
+    f" / max by (period) ({BUDGET_LIMIT}{{{GLOBAL_BUDGET}}}), 0)"
 )
 QUOTA_HEADROOM_OVER_COLLECTORS: Final = (
     f"clamp_min(1 - sum by (quota) ({QUOTA_USED}{{{ESCALATION_QUOTA}}})"

@@ -32,7 +32,9 @@ def _spend_so_far(period_selector: str) -> Query:
     # The collector's budget gauge is exact (it sums the ledger); without a budget for the period the gauge is not
     # exported, so fall back to Prometheus' own increase over the panel's range (today / this month). Summed: with
     # several collectors each gauge is one collector's share.
-    return Query(f"sum({m.BUDGET_SPENT}{{{period_selector}}})\nor\nsum(increase({m.COST}[$__range]))")
+    return Query(
+        f"sum({m.BUDGET_SPENT}{{{period_selector}, {m.GLOBAL_BUDGET}}})\nor\nsum(increase({m.COST}[$__range]))"
+    )
 
 
 def _latency(quantile: float) -> Query:

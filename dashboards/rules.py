@@ -66,7 +66,8 @@ def recording_rules(t: Thresholds) -> list[dict[str, str]]:
         rules.append(
             {
                 "record": m.windowed(m.DAILY_BURN, window),
-                "expr": f"{m.windowed(m.COST_RATE, window)} * {SECONDS_PER_DAY}\n/\nmax({m.BUDGET_LIMIT}{{{m.DAILY}}})",
+                "expr": f"{m.windowed(m.COST_RATE, window)} * {SECONDS_PER_DAY}\n/\n"
+                f"max({m.BUDGET_LIMIT}{{{m.DAILY}, {m.GLOBAL_BUDGET}}})",
             }
         )
     rules.append(
@@ -79,7 +80,7 @@ def recording_rules(t: Thresholds) -> list[dict[str, str]]:
         {
             "record": m.PROJECTED_MONTH_END,
             "expr": (
-                f"sum({m.BUDGET_SPENT}{{{m.MONTHLY}}})\n"
+                f"sum({m.BUDGET_SPENT}{{{m.MONTHLY}, {m.GLOBAL_BUDGET}}})\n"
                 f"+\n{m.windowed(m.COST_RATE, t.projection_window)} * {remaining_month_seconds_expr()}"
             ),
         }
@@ -153,7 +154,7 @@ def alerts(t: Thresholds, stack: Stack) -> list[Alert]:
         ),
         Alert(
             name="CostlineProjectedMonthEndOverBudget",
-            expr=f"{m.PROJECTED_MONTH_END}\n>\nmax({m.BUDGET_LIMIT}{{{m.MONTHLY}}})",
+            expr=f"{m.PROJECTED_MONTH_END}\n>\nmax({m.BUDGET_LIMIT}{{{m.MONTHLY}, {m.GLOBAL_BUDGET}}})",
             for_=t.projected_for,
             severity="warning",
             summary="Month-end spend is projected to exceed the monthly budget.",

@@ -120,12 +120,16 @@ def test_recording_rules_are_named_level_metric_operations_and_used():
 
 
 def test_budget_alerts_read_the_collectors_budget_gauges():
+    # Global budgets are the series without a team label; each declared team has its own series beside them.
     by_name = {rule["alert"]: rule["expr"] for rule in committed_alerts()}
-    assert 'costline_budget_spent_usd{period="monthly"}' in by_name["CostlineMonthlyBudgetExhausted"]
-    assert 'costline_budget_limit_usd{period="monthly"}' in by_name["CostlineMonthlyBudgetExhausted"]
-    assert 'costline_budget_limit_usd{period="monthly"}' in by_name["CostlineProjectedMonthEndOverBudget"]
-    burn = {rule["record"]: rule["expr"] for rule in committed_records()}["costline:daily_budget_burn:rate1h"]
-    assert 'costline_budget_limit_usd{period="daily"}' in burn
+    assert 'costline_budget_spent_usd{period="monthly", team=""}' in by_name["CostlineMonthlyBudgetExhausted"]
+    assert 'costline_budget_limit_usd{period="monthly", team=""}' in by_name["CostlineMonthlyBudgetExhausted"]
+    assert 'costline_budget_limit_usd{period="monthly", team=""}' in by_name["CostlineProjectedMonthEndOverBudget"]
+    records = {rule["record"]: rule["expr"] for rule in committed_records()}
+    burn = records["costline:daily_budget_burn:rate1h"]
+    assert 'costline_budget_limit_usd{period="daily", team=""}' in burn
+    # Global spend from the cost counter still sums every team.
+    assert "sum(rate(costline_cost_usd_total[1h]))" in records["costline:cost_usd:rate1h"]
     assert 'up{job="costline-collector"} == 0' in by_name["CostlineCollectorDown"]
 
 
