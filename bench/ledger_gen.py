@@ -48,6 +48,7 @@ def _h(expr: str, k: int) -> str:
 
 
 _TASK_TYPES = "[" + ", ".join(f"'{t}'" for t in TASK_TYPES) + "]"
+_TEAMS = "['search', 'ads', 'billing']"  # attribution, so --by team has groups to show
 
 
 def _hex16(expr: str) -> str:
@@ -106,7 +107,10 @@ SELECT {_hex16("t_hi")} || {_hex16("t_lo")} AS trace_id,
        p AS parent_key,
        NULL AS cost_disagrees,
        'costline' AS emitter,
-       NULL AS superseded_by
+       NULL AS superseded_by,
+       {_TEAMS}[1 + CAST({_h("i * 4 // 5", 13)} % 3 AS BIGINT)] AS team,  -- the task's team, as on its task row
+       NULL AS project,
+       NULL AS user_id
 FROM m
 """
 
@@ -126,7 +130,10 @@ SELECT {_hex16(_h("k", 20))} || {_hex16(_h("k", 21))} AS trace_id,
        4.0 AS duration_s,
        'costline-router' AS service_name,
        make_timestamp(CAST($start_us + k * 5 // 4 * $step_us AS BIGINT) + 4000000)::TIMESTAMPTZ AS ingested_at,
-       {_h("k", 22)} AS span_key
+       {_h("k", 22)} AS span_key,
+       {_TEAMS}[1 + CAST({_h("k", 13)} % 3 AS BIGINT)] AS team,
+       NULL AS project,
+       NULL AS user_id
 FROM range($first * 4 // 5, ($first + $rows) * 4 // 5) t(k)
 """
 

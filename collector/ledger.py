@@ -55,6 +55,8 @@ WHERE (span_key IS NULL OR $rekey) AND length(span_id) = 16;
 """
 
 
+_ATTRIBUTION_COLUMNS = ("team", "project", "user_id")
+
 # Internal: spans that were received but not stored, so `costline_ingest_spans_total` survives restarts.
 _INGEST_COUNTS = """
 CREATE TABLE IF NOT EXISTS ingest_counts (result VARCHAR NOT NULL, spans UBIGINT NOT NULL);
@@ -138,6 +140,8 @@ def _migrate(con: duckdb.DuckDBPyConnection, file: Path) -> None:
             ("attempts", "emitter", "VARCHAR"),
             ("attempts", "superseded_by", "VARCHAR"),
             ("tasks", "span_key", "UBIGINT"),
+            # Attribution came after schema 2; ledgers written before it keep their rows, attributed to nobody.
+            *((table, column, "VARCHAR") for table in ("attempts", "tasks") for column in _ATTRIBUTION_COLUMNS),
         ):
             con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
         con.execute(_INGEST_COUNTS)

@@ -89,6 +89,9 @@ ATTEMPT_SCHEMA: Final = pa.schema(
         ("server_address", pa.string()),
         ("server_port", pa.int32()),
         ("service_name", pa.string()),
+        ("team", pa.string()),
+        ("project", pa.string()),
+        ("user_id", pa.string()),
         ("span_key", pa.uint64()),
         ("parent_key", pa.uint64()),
         ("check_parent", pa.bool_()),
@@ -108,6 +111,9 @@ TASK_SCHEMA: Final = pa.schema(
         ("end_time", TS),
         ("duration_s", pa.float64()),
         ("service_name", pa.string()),
+        ("team", pa.string()),
+        ("project", pa.string()),
+        ("user_id", pa.string()),
         ("span_key", pa.uint64()),
     ]
 )
@@ -141,6 +147,9 @@ _EXPECTED: Final = {
     S.ATTEMPT_TIER: _STRING,
     S.ESCALATION_REASON: _STRING,
     S.LOCAL_COMPUTE_SECONDS: _DOUBLE,
+    S.TEAM: _STRING,
+    S.PROJECT: _STRING,
+    S.USER_ID: _STRING,
 }
 KEYS: Final = tuple(_EXPECTED)
 ATTRIBUTES_READ: Final = frozenset(KEYS)
@@ -154,6 +163,7 @@ _TASK_ID, _TASK_TYPE, _TASK_OUTCOME = SLOT[S.TASK_ID], SLOT[S.TASK_TYPE], SLOT[S
 _TASK_CRITICAL, _TASK_ESCALATED, _TASK_ATTEMPTS = SLOT[S.TASK_CRITICAL], SLOT[S.TASK_ESCALATED], SLOT[S.TASK_ATTEMPTS]
 _ATTEMPT_INDEX, _TIER, _REASON = SLOT[S.ATTEMPT_INDEX], SLOT[S.ATTEMPT_TIER], SLOT[S.ESCALATION_REASON]
 _COMPUTE = SLOT[S.LOCAL_COMPUTE_SECONDS]
+_TEAM, _PROJECT, _USER_ID = SLOT[S.TEAM], SLOT[S.PROJECT], SLOT[S.USER_ID]
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,6 +471,9 @@ def _attempt_row(
         _text(v[_SERVER_ADDRESS]),
         as_port(v[_SERVER_PORT]),
         service,
+        _text(v[_TEAM]),
+        _text(v[_PROJECT]),
+        _text(v[_USER_ID]),
         int(span_id, 16),
         int(parent, 16) if parent else None,
         parent is not None and v[_TIER] is None,
@@ -495,6 +508,9 @@ def _task_row(
         end_ns // 1000,
         (end_ns - start_ns) / 1e9,
         service,
+        _text(v[_TEAM]),
+        _text(v[_PROJECT]),
+        _text(v[_USER_ID]),
         int(span_id, 16),
     )
 

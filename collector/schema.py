@@ -49,7 +49,10 @@ CREATE TABLE IF NOT EXISTS attempts (
     parent_key          UBIGINT,            -- internal: span_key of the parent span
     cost_disagrees      BOOLEAN,            -- reported_cost_usd differs from cost_usd beyond the tolerance
     emitter             VARCHAR,            -- the instrumentation recognised (docs/emitters.md)
-    superseded_by       VARCHAR             -- span_id of a later span with the usage of this same call (see ledger.py)
+    superseded_by       VARCHAR,            -- span_id of a later span with the usage of this same call (see ledger.py)
+    team                VARCHAR,            -- costline.team: attribution, NULL when the caller gave none
+    project             VARCHAR,            -- costline.project
+    user_id             VARCHAR             -- user.id
 );
 
 CREATE TABLE IF NOT EXISTS tasks (
@@ -66,6 +69,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     duration_s   DOUBLE NOT NULL,
     service_name VARCHAR,
     ingested_at  TIMESTAMPTZ NOT NULL,
-    span_key     UBIGINT                    -- internal: the span id's 64 bits
+    span_key     UBIGINT,                   -- internal: the span id's 64 bits
+    team         VARCHAR,                   -- attribution of the task span, NULL when absent
+    project      VARCHAR,
+    user_id      VARCHAR
 );
 """

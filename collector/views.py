@@ -57,7 +57,10 @@ SELECT start_time,
        emitter,
        counterfactual_usd,
        price_source,
-       service_name
+       service_name,
+       team,
+       project,
+       user_id
 FROM attempts
 WHERE superseded_by IS NULL  -- a call described again, with its usage, by a later span
 """

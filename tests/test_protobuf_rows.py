@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_profiles import examples
 
-from collector.mapping import ATTRIBUTES_READ, MappedRequest, map_spans
+from collector.mapping import ATTRIBUTES_READ, MAX_TEXT_CHARS, MappedRequest, map_spans
 from collector.otlp_decode import DecodeError, decode_protobuf
 from collector.price_cache import FastPricer
 from collector.protobuf_rows import map_protobuf
@@ -105,6 +105,9 @@ def model_calls(draw: st.DrawFn) -> dict[str, Any]:
         (S.SERVER_PORT, mostly(st.integers(0, 65_535), st.sampled_from([-1, 70_000, "11434"]))),
         (S.ALIAS_COST_OPENLIT, mostly(absent, st.floats(0, 1))),
         (S.ALIAS_COST_LOGFIRE, mostly(absent, st.floats(0, 1))),
+        (S.TEAM, mostly(st.sampled_from(["search", "billing", None]), st.sampled_from(["", "x" * 2000, 7, True]))),
+        (S.PROJECT, st.one_of(absent, st.sampled_from(["atlas", "", "x" * 2000]))),
+        (S.USER_ID, st.one_of(absent, st.sampled_from(["u-17", "", 42]))),
     ):
         value = draw(values)
         if value is not None:
@@ -156,6 +159,9 @@ ROUTER_SPAN: dict[str, Any] = {
         S.USAGE_OUTPUT_TOKENS: 300,
         S.USAGE_CACHE_READ_INPUT_TOKENS: 500,
         S.USAGE_CACHE_CREATION_INPUT_TOKENS: 100,
+        S.TEAM: "search",
+        S.PROJECT: "atlas",
+        S.USER_ID: "u-17",
     },
 }
 LOCAL = {S.PROVIDER_NAME: "ollama", S.REQUEST_MODEL: "qwen3:8b", S.LOCAL_COMPUTE_SECONDS: 2.5}
@@ -215,6 +221,11 @@ EXITS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("attempt index beyond int32", {}, {S.ATTEMPT_INDEX: 2**40}),
     ("port out of range", {}, {S.SERVER_PORT: 70_000}),
     ("port a string", {}, {S.SERVER_PORT: "8080"}),
+    ("no attribution", {}, {S.TEAM: None, S.PROJECT: None, S.USER_ID: None}),
+    ("empty team", {}, {S.TEAM: ""}),
+    ("long team", {}, {S.TEAM: "x" * 2000}),
+    ("project a number", {}, {S.PROJECT: 7}),
+    ("user id a bool", {}, {S.USER_ID: True}),
 ]
 
 
@@ -236,3 +247,31 @@ def test_router_batches_map_as_their_decoded_records_do() -> None:
         _assert_same(map_protobuf(body, PRICER, now_ns=now_ns), reference)
     assert sum(r.attempts.num_rows for r in references) == 4 * 512
     assert {e for r in references for e in r.attempts.column("emitter").to_pylist()} == {"costline"}
+
+
+TASK_SPAN: dict[str, Any] = {
+    **ROUTER_SPAN,
+    "span_id": bytes(range(9, 17)),
+    "parent_span_id": b"",
+    "name": "task general",
+    "kind": 1,
+    "attributes": {
+        S.TASK_ID: "t1",
+        S.TASK_TYPE: "general",
+        S.TASK_OUTCOME: "completed",
+        S.TASK_ATTEMPTS: 3,
+        S.TEAM: "search",
+        S.PROJECT: "x" * 2000,
+        S.USER_ID: "u-17",
+    },
+}
+
+
+def test_attribution_reaches_attempt_and_task_rows_on_both_paths() -> None:
+    fast, reference = _both(to_protobuf([ROUTER_SPAN, TASK_SPAN]))
+    _assert_same(fast, reference)
+    capped = "x" * MAX_TEXT_CHARS  # as any other text: one caller's string must not fill every row
+    attempt = fast.attempts.select(["team", "project", "user_id"]).to_pylist()
+    task = fast.tasks.select(["team", "project", "user_id"]).to_pylist()
+    assert attempt == [{"team": "search", "project": "atlas", "user_id": "u-17"}]
+    assert task == [{"team": "search", "project": capped, "user_id": "u-17"}]

@@ -44,6 +44,9 @@ KEYS = (
     S.LOCAL_COMPUTE_SECONDS,
     S.ALIAS_COST_OPENLIT,
     S.ALIAS_COST_LOGFIRE,
+    S.TEAM,
+    S.PROJECT,
+    S.USER_ID,
 )
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
