@@ -4,12 +4,14 @@ doubles nothing; columns the local ledger gains reach the lake."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -18,11 +20,13 @@ from faults.otlp import post
 from lake_support import attempt_spans, body, chunks, distinct_dollars, lake_config, lake_reader, lake_totals
 from pg_server import fresh_database, running_postgres
 from test_collector_support import collector_config
+from typer.testing import CliRunner
 
 from collector.lake import LakeFlusher
 from collector.lake_connect import connect_lake
 from collector.ledger import open_ledger
 from collector.service import Collector
+from costline.cli import app
 from costline.config import ConfigError, LakeConfig, load_config
 
 SPANS, SHARED = 300, 20
@@ -199,3 +203,38 @@ def test_the_embedded_ledger_needs_no_lake_and_no_extension(tmp_path: Path) -> N
     finally:
         con.close()
     assert ("ducklake",) not in loaded
+
+
+def test_report_and_sql_with_lake_read_every_collectors_rows(tmp_path: Path) -> None:
+    lake = lake_config(str(tmp_path / "catalog.sqlite"), tmp_path / "lake-data", flush_interval_s=3600)
+    spans = attempt_spans(60)
+    ledgers = [tmp_path / "one.duckdb", tmp_path / "two.duckdb"]
+    with (
+        Collector(collector_config(ledgers[0], lake=asdict(lake))) as one,
+        Collector(collector_config(ledgers[1], lake=asdict(lake))) as two,
+    ):
+        send(one, spans[:40])
+        send(two, spans[30:])  # 10 spans in both
+    exact = distinct_dollars(*ledgers)[0]
+    config = tmp_path / "costline.toml"
+    config.write_text(
+        f"[collector]\nledger = {str(ledgers[0])!r}\n"
+        f"[lake]\ncatalog = {lake.catalog!r}\ndata_path = {lake.data_path!r}\n",
+        encoding="utf-8",
+    )
+    runner = CliRunner()
+    query = "SELECT count(*) AS attempts, sum(cost_usd) AS dollars FROM attempt_costs"
+    both = runner.invoke(app, ["sql", "--lake", "--config", str(config), "-f", "json", query])
+    assert both.exit_code == 0, both.output
+    assert json.loads(both.stdout, parse_float=Decimal) == [{"attempts": 60, "dollars": exact}]
+    mine = runner.invoke(app, ["sql", "--config", str(config), "-f", "json", query])  # without --lake: this ledger
+    assert json.loads(mine.stdout, parse_float=Decimal)[0]["attempts"] == 40
+    report = runner.invoke(
+        app, ["report", "--lake", "--config", str(config), "--from", "2026-01-01", "--to", "2026-01-02", "-f", "json"]
+    )
+    assert report.exit_code == 0, report.output
+    (cost,) = json.loads(report.stdout, parse_float=Decimal)["tables"]["cost"]["rows"]
+    assert (cost["attempts"], cost["cost_usd"]) == (60, exact)
+    refused = runner.invoke(app, ["sql", "--lake", "--config", str(config), "DELETE FROM attempts"])
+    assert refused.exit_code != 0
+    assert lake_totals(lake)[0] == 60
