@@ -87,7 +87,7 @@ class LakeFlusher:
         """Copy every row committed locally so far, in transactions of at most ``batch_rows`` rows each."""
         result = FlushResult({t: 0 for t in TABLES}, {t: 0 for t in TABLES}, caught_up=False)
         for table in TABLES:
-            self._migrate(table)
+            self.migrate(table)
             while True:
                 copied, duplicates, read = self._in_transaction(lambda t=table: self._flush_batch(t))
                 result.rows[table] += copied
@@ -183,7 +183,7 @@ class LakeFlusher:
     def _local_columns(self, table: str) -> list[str]:
         return [row[0] for row in self._local.execute(f"DESCRIBE {table}").fetchall()]
 
-    def _migrate(self, table: str) -> None:
+    def migrate(self, table: str) -> None:
         """Create the lake table from the local one, or add the columns the local one has and the lake lacks."""
         local = {name: kind for name, kind, *_ in self._local.execute(f"DESCRIBE {table}").fetchall()}
 

@@ -41,9 +41,10 @@ def extension_file(name: str) -> Path:
 
 
 def load_extensions(con: duckdb.DuckDBPyConnection, *names: str) -> None:
+    # LOAD from the package's file: no copy into ~/.duckdb (INSTALL would write 40 MB there on every start, and the
+    # home directory of a container may be read-only).
     for name in names:
-        con.execute(f"INSTALL '{extension_file(name)}'")
-        con.execute(f"LOAD {name}")
+        con.execute(f"LOAD '{_quote(str(extension_file(name)))}'")
 
 
 def catalog_extensions(catalog: str) -> tuple[str, ...]:
