@@ -8,21 +8,24 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from decimal import Decimal
 from pathlib import Path
 
 import duckdb
 import pytest
+from faults.metrics import scrape, value
 from faults.otlp import post
+from faults.serve import ServedCollector
 from lake_support import attempt_spans, body, chunks, distinct_dollars, lake_config, lake_reader, lake_totals
 from pg_server import fresh_database, running_postgres
 from test_collector_support import collector_config
 from typer.testing import CliRunner
 
-from collector.lake import LakeFlusher
+from collector.lake import TABLES, LakeFlusher
 from collector.lake_connect import connect_lake
 from collector.ledger import open_ledger
 from collector.service import Collector
@@ -238,3 +241,55 @@ def test_report_and_sql_with_lake_read_every_collectors_rows(tmp_path: Path) -> 
     refused = runner.invoke(app, ["sql", "--lake", "--config", str(config), "DELETE FROM attempts"])
     assert refused.exit_code != 0
     assert lake_totals(lake)[0] == 60
+
+
+def _served(workdir: Path, name: str, lake: LakeConfig) -> ServedCollector:
+    workdir.mkdir(parents=True, exist_ok=True)
+    served = ServedCollector(workdir, workdir / f"{name}.duckdb")
+    with served.config.open("a", encoding="utf-8") as config:
+        config.write(
+            f"[lake]\ncatalog = {lake.catalog!r}\ndata_path = {lake.data_path!r}\n"
+            f"flush_interval_s = {lake.flush_interval_s!r}\n"
+        )
+    return served
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _flushes(served: ServedCollector) -> float:
+    return sum(value(scrape(served.metrics_url), "costline_lake_rows_flushed_total", table=t) for t in TABLES)
+
+
+@pytest.mark.slow
+def test_costline_serve_killed_while_flushing_then_restarted_and_resent_keeps_the_lake_exact(tmp_path: Path) -> None:
+    """Real `costline serve` processes flushing every 50 ms; one is SIGKILLed while spans still arrive and flushes
+    run, restarted on its ledger, and its senders resend everything: the lake still holds each span once."""
+    lake = lake_config(str(tmp_path / "catalog.sqlite"), tmp_path / "lake-data", flush_interval_s=0.05)
+    spans = attempt_spans(SPANS)
+    first, second = spans[:160], spans[140:]  # 20 spans to both
+    with (
+        _served(tmp_path / "one", "one", lake) as one,
+        _served(tmp_path / "two", "two", lake) as two,
+    ):
+        one.start()
+        two.start()
+        for part in chunks(second):
+            assert post(two.traces_url, body(part)).status == 200
+        parts = list(chunks(first, 10))
+        for part in parts[: len(parts) // 2]:
+            assert post(one.traces_url, body(part)).status == 200
+        _wait_for(lambda: _flushes(one) > 0, "a first flush of the collector to kill")
+        one.kill9()
+        one.start()
+        for part in parts:  # the senders resend whatever they are unsure of: here, all of it
+            assert post(one.traces_url, body(part)).status == 200
+        assert one.stop() == 0 and two.stop() == 0  # a clean stop flushes the rest
+    rows, distinct, dollars = lake_totals(lake)
+    assert (rows, distinct) == (SPANS, SPANS)
+    assert dollars == distinct_dollars(tmp_path / "one" / "one.duckdb", tmp_path / "two" / "two.duckdb")[0]
