@@ -63,6 +63,8 @@ def flush_throughput(rows: int, ingest_rate: int, workdir: Path, say) -> dict[st
     per_row_s = full_s / max(copied_2, 1)
     return {
         "rows": rows,
+        "copied_first": copied,
+        "copied_second": copied_2,
         "empty_lake_s": empty_s,
         "empty_lake_rows_per_s": copied / empty_s,
         "second_flush_s": full_s,
