@@ -88,28 +88,36 @@ class LakeFlusher:
         result = FlushResult({t: 0 for t in TABLES}, {t: 0 for t in TABLES}, caught_up=False)
         for table in TABLES:
             self.migrate(table)
+            # Rows committed from here on have higher rowids; they are the next flush's.
+            (end,) = self._local.execute(f"SELECT coalesce(max(rowid), -1) FROM {table}").fetchone() or (-1,)
             while True:
-                copied, duplicates, read = self._in_transaction(lambda t=table: self._flush_batch(t))
+                copied, duplicates, position = self._in_transaction(lambda t=table, e=end: self._flush_batch(t, e))
                 result.rows[table] += copied
                 result.duplicates[table] += duplicates
-                if read < self._batch_rows:
+                if position >= end:
                     break
         result.caught_up = True
         return result
 
     # --- one lake transaction ---------------------------------------------------------------------------------
 
-    def _flush_batch(self, table: str) -> tuple[int, int, int]:
+    def _flush_batch(self, table: str, end: int) -> tuple[int, int, int]:
+        """Copy the rows of the next rowid range; returns rows copied, rows the lake held, the new position."""
         lake = self._lake
         position = self._position(table)
+        if position >= end:
+            return 0, 0, position
+        last = min(position + self._batch_rows, end)
         columns = self._local_columns(table)
+        # A rowid range, not ORDER BY ... LIMIT: sorting a backlog of wide rows would need more than the ledger's
+        # memory limit, while a range is a plain scan (rowids are dense: the ledger never deletes).
         batch = self._local.execute(
-            f"SELECT {', '.join(columns)}, rowid AS lake_position FROM {table} "
-            "WHERE rowid > $position ORDER BY rowid LIMIT $limit",
-            {"position": position, "limit": self._batch_rows},
+            f"SELECT {', '.join(columns)} FROM {table} WHERE rowid > $position AND rowid <= $last",
+            {"position": position, "last": last},
         ).to_arrow_table()
         if batch.num_rows == 0:
-            return 0, 0, 0
+            self._store_position(table, last)
+            return 0, 0, last
         names = ", ".join(columns)
         lake.register("flush_batch", batch)
         try:
@@ -129,7 +137,13 @@ class LakeFlusher:
         finally:
             lake.unregister("flush_batch")
         stored = int(copied[0]) if copied else 0
-        last = int(pc.max(batch.column("lake_position")).as_py())
+        self._store_position(table, last)
+        if self._before_commit is not None:
+            self._before_commit(table)
+        return stored, batch.num_rows - stored, last
+
+    def _store_position(self, table: str, last: int) -> None:
+        lake = self._lake
         lake.execute(
             f"DELETE FROM {LAKE}.costline_positions WHERE collector_id = $id AND table_name = $table",
             {"id": self.collector_id, "table": table},
@@ -139,9 +153,6 @@ class LakeFlusher:
             {"id": self.collector_id, "table": table, "position": last},
         )
         lake.execute(f"UPDATE {LAKE}.costline_flush_lock SET flushes = flushes + 1")
-        if self._before_commit is not None:
-            self._before_commit(table)
-        return stored, batch.num_rows - stored, batch.num_rows
 
     def _position(self, table: str) -> int:
         row = self._lake.execute(
