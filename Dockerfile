@@ -6,7 +6,7 @@ COPY costline ./costline
 COPY router ./router
 COPY collector ./collector
 COPY dashboards ./dashboards
-RUN pip install --no-cache-dir --prefix=/install .
+RUN pip install --no-cache-dir --prefix=/install ".[lake]"
 
 FROM python:3.11-slim
 COPY --from=build /install /usr/local

@@ -29,6 +29,7 @@ import duckdb
 import pyarrow as pa
 
 from collector.query_bounds import check_function
+from costline.ledger_reader import is_write_in_cte
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,12 @@ class Queries:
     def run(self, sql: str, params: list[Any], client: socket.socket | None = None) -> bytes:
         """One read-only SELECT as an Arrow IPC stream; refuses anything else. Raises :class:`QueryCancelled`
         when interrupted, :class:`ResultTooLarge` past the result bound, ``duckdb.Error`` for DuckDB's refusals."""
-        statements = duckdb.extract_statements(sql)
+        try:
+            statements = duckdb.extract_statements(sql)
+        except duckdb.ParserException as exc:
+            if is_write_in_cte(exc):
+                raise ReadOnlyViolation from None
+            raise
         if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
             raise ReadOnlyViolation
         with self._cond:

@@ -44,7 +44,7 @@ class UnboundedValue(Exception):
 def check_function(node: dict[str, Any]) -> None:
     """Refuse a scalar function call (a parsed FUNCTION node) that could build a value past the bound."""
     name = str(node.get("function_name", "")).lower()
-    args = [a.get("expression") for a in node.get("arguments", []) if isinstance(a, dict)]
+    args = _arguments(node)
     if name in _SERIES:
         raise UnboundedValue(
             f"{name}() as a scalar builds a list per row, outside DuckDB's memory limit; "
@@ -101,8 +101,23 @@ def _literal_int(expression: Any) -> int | None:
         return None
 
 
+def _arguments(node: dict[str, Any]) -> list[Any]:
+    # DuckDB 1.5 serialises a call's arguments as ``children``; the other layout (``arguments`` of ``expression``)
+    # is kept so the bound does not depend on which DuckDB is installed.
+    if "children" in node:
+        return list(node.get("children") or [])
+    return [a.get("expression") for a in node.get("arguments", []) if isinstance(a, dict)]
+
+
 def _literal(expression: Any) -> dict[str, Any] | None:
-    if isinstance(expression, dict) and expression.get("class") == "CONSTANT":
-        literal = expression.get("literal")
-        return literal if isinstance(literal, dict) else None
+    if not (isinstance(expression, dict) and expression.get("class") == "CONSTANT"):
+        return None
+    literal = expression.get("literal")
+    if isinstance(literal, dict):
+        return literal
+    value = expression.get("value")  # DuckDB 1.5: {"type": {"id": "INTEGER"}, "is_null": false, "value": 200000000}
+    if isinstance(value, dict) and not value.get("is_null"):
+        kind = (value.get("type") or {}).get("id")
+        text = value.get("value")
+        return {"kind": "STRING" if kind == "VARCHAR" else kind, "text": None if text is None else str(text)}
     return None

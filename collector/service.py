@@ -14,6 +14,7 @@ import duckdb
 
 from collector.decode_pool import Decoder, warm_up
 from collector.http import MAX_IN_FLIGHT_BYTES, InFlightBytes, MetricsHandler, OtlpHandler, make_server
+from collector.lake_sync import LakeSync
 from collector.ledger import LedgerWriter, WriteResult, open_ledger
 from collector.metrics import LedgerMetrics, make_registry
 from collector.price_cache import FastPricer
@@ -43,6 +44,10 @@ class Collector:
             self.metrics = LedgerMetrics(config, self._cursor)
             self.metrics.seed(self._con)
             self.registry = make_registry(self.metrics)
+            # The shared ledger, when configured: this collector's committed rows are appended to it.
+            self.lake = LakeSync(config.lake, self._cursor) if config.lake.enabled else None
+            if self.lake is not None:
+                self.registry.register(self.lake)
             self._pricer = FastPricer(Pricer(config))
             self.decoder = Decoder(config, self._pricer, col.decode_workers)
             self.metrics.warm_up(warm_up(config, self._pricer).attempts)
@@ -81,6 +86,8 @@ class Collector:
                 col.host,
             )
         self._writer.start()
+        if self.lake is not None:
+            self.lake.start()
         otlp = _listen(col.host, col.otlp_port, OtlpHandler, "collector.otlp_port")
         try:
             metrics = _listen(col.host, col.metrics_port, MetricsHandler, "collector.metrics_port")
@@ -119,6 +126,8 @@ class Collector:
         if not self.queries.close():
             log.error("a query did not end after its interrupt; closing the ledger anyway")
         self._writer.stop()
+        if self.lake is not None:
+            self.lake.stop()  # after the writer: its last commits reach the lake too
         self.decoder.close()
         self._writer_con.close()
         self._con.close()

@@ -116,6 +116,23 @@ class CollectorConfig:
 
 
 @dataclass(frozen=True)
+class LakeConfig:
+    """The shared ledger (docs/scale-out.md): every collector appends its committed rows to one DuckLake."""
+
+    catalog: str = ""  # postgresql://USER@HOST:PORT/DB, or a file path for a DuckDB catalog; empty: no lake
+    data_path: str = ""  # the directory (shared filesystem) where the lake's Parquet files go
+    flush_interval_s: float = 10.0  # how often a collector appends its new rows to the lake
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.catalog)
+
+    @property
+    def shared_catalog(self) -> bool:
+        return self.catalog.startswith(POSTGRES_SCHEMES)
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     host: str = "127.0.0.1"
     port: int = 11435
@@ -132,6 +149,7 @@ class Config:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    lake: LakeConfig = field(default_factory=LakeConfig)
     team_budgets: Mapping[str, BudgetConfig] = field(default_factory=dict)  # [budgets.teams."NAME"]
     validators: Mapping[str, str] = field(default_factory=dict)  # [validators] task_type = "json"
     source: str = "defaults"
@@ -194,6 +212,7 @@ SECTIONS: dict[str, type] = {
     "telemetry": TelemetryConfig,
     "collector": CollectorConfig,
     "proxy": ProxyConfig,
+    "lake": LakeConfig,
 }
 
 # Conventional variables that users already set for these tools.
@@ -422,6 +441,31 @@ def _prices(table: Any, source: str) -> dict[str, ModelPrice]:
     return prices
 
 
+def _check_postgres_url(key: str, value: str, source: str) -> None:
+    url = urlsplit(value)
+    _check(
+        url.password is None,
+        key,
+        value.replace(f":{url.password}@", ":<redacted>@"),
+        "never put the password in the config: give it in PGPASSWORD or a ~/.pgpass file",
+        source,
+    )
+    _check(bool(url.hostname or url.path.strip("/")), key, value, "name a host and database", source)
+
+
+def _validate_lake(lake: LakeConfig, s: str) -> None:
+    if lake.shared_catalog:
+        _check_postgres_url("lake.catalog", lake.catalog, s)
+    _check(lake.flush_interval_s > 0, "lake.flush_interval_s", lake.flush_interval_s, "must be > 0 seconds, e.g. 10", s)
+    _check(
+        not lake.enabled or bool(lake.data_path),
+        "lake.data_path",
+        lake.data_path,
+        "name the shared directory for the lake's data files (every collector of the lake gives the same one)",
+        s,
+    )
+
+
 def _check(ok: bool, key: str, value: object, fix: str, source: str) -> None:
     if not ok:
         raise ConfigError(key, value, fix, source)
@@ -437,15 +481,8 @@ def _validate(c: Config) -> None:
     _check(r.max_retry_wait_s >= 0, "router.max_retry_wait_s", r.max_retry_wait_s, "must be >= 0 seconds", s)
     _check(r.max_retries >= 0, "router.max_retries", r.max_retries, "must be >= 0", s)
     if c.usage_db_shared:
-        url = urlsplit(r.usage_db)
-        _check(
-            url.password is None,
-            "router.usage_db",
-            r.usage_db.replace(f":{url.password}@", ":<redacted>@"),
-            "never put the password in the config: give it in PGPASSWORD or a ~/.pgpass file",
-            s,
-        )
-        _check(bool(url.hostname or url.path.strip("/")), "router.usage_db", r.usage_db, "name a host and database", s)
+        _check_postgres_url("router.usage_db", r.usage_db, s)
+    _validate_lake(c.lake, s)
     _check(e.threshold >= 1, "escalation.threshold", e.threshold, "must be >= 1 (local failures before escalating)", s)
     _check(bool(e.model), "escalation.model", e.model, 'name a Claude model, e.g. "claude-sonnet-4-6"', s)
     _check(

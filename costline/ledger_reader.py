@@ -72,11 +72,19 @@ def source_from_config(config: Config) -> LedgerSource:
     return LedgerSource(ledger, f"http://{host}:{config.collector.metrics_port}")
 
 
+def is_write_in_cte(exc: BaseException) -> bool:
+    """DuckDB 1.5's parser refuses a data-modifying CTE (``WITH x AS (DELETE ... RETURNING *) SELECT ...``) outright:
+    that is a write, refused as one."""
+    return "A CTE needs a SELECT" in str(exc)
+
+
 def check_read_only(sql: str) -> None:
     """Refuse anything but one read-only statement, before any connection is opened."""
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
+        if is_write_in_cte(exc):
+            raise NotReadOnlyError(f"{READ_ONLY_MESSAGE}: a WITH clause that writes is not a read-only query") from None
         raise QueryError(str(exc)) from None
     if not statements:
         raise QueryError("the query is empty; give one SELECT statement")

@@ -96,3 +96,13 @@ def test_reports_bench_reports_and_scrapes_the_generated_ledger(tmp_path: Path, 
     assert len(result["report_subprocess_s"]) == 1
     assert result["scrapes"] == 2 and result["scrape_bytes"] > 0
     assert not list(tmp_path.iterdir())  # the ledger it made is gone
+
+
+def test_lake_bench_flushes_every_generated_row_once_and_reports_over_the_lake(tmp_path: Path) -> None:
+    result = _run(
+        "lake.py", "--flush-rows", "3000", "--report-rows", "4000", "--repeats", "1", "--workdir", str(tmp_path)
+    )
+    flush, report = result["flush"], result["report"]
+    assert (flush["copied_first"], flush["copied_second"]) == (3000, 3000)  # two ledgers, distinct spans
+    assert flush["peak_lag_s"] > 10  # the interval plus one flush
+    assert report["lake_rows"] == 4000 and len(report["report_s"]) == 1

@@ -137,13 +137,13 @@ def test_a_write_hidden_after_a_select_is_refused(config: Path, ledger: Path) ->
 
 
 def test_a_write_hidden_in_a_select_is_refused(config: Path, ledger: Path) -> None:
-    """DuckDB calls a data-modifying CTE a SELECT; the read-only connection still refuses it."""
+    """DuckDB 1.5's parser refuses a data-modifying CTE outright (2.0 called it a SELECT and left the refusal to the
+    read-only connection, which the next test checks on its own): either way it is refused as a write."""
     before = digest(ledger)
     result = sql(config, "WITH gone AS (DELETE FROM attempts RETURNING *) SELECT count(*) FROM gone")
     assert result.exit_code == 1
     message = " ".join(result.stderr.split())
     assert "only read-only queries are allowed" in message
-    assert "attached in read-only mode" in message
     assert digest(ledger) == before
 
 

@@ -36,6 +36,12 @@ CollectorUrlOption = Annotated[
 ]
 
 
+LakeOption = Annotated[
+    bool,
+    typer.Option("--lake", help="Read the shared ledger ([lake] catalog): every collector's rows, not this ledger's."),
+]
+
+
 def load_or_exit(path: Path | None, *, collector_url: str | None = None) -> Config:
     """Load the config, or print the problem (key, value, fix) and exit with status 2."""
     try:

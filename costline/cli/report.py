@@ -36,7 +36,8 @@ from collector.reports import (
     parse_window,
     savings_report,
 )
-from costline.cli.app import CollectorUrlOption, ConfigOption, app, fail, load_or_exit
+from costline.cli.app import CollectorUrlOption, ConfigOption, LakeOption, app, fail, load_or_exit
+from costline.config import Config
 from costline.ledger_reader import LedgerError, LedgerReader
 
 CENT = Decimal("0.01")
@@ -77,6 +78,7 @@ class _Options:
     fmt: ReportFormat | None
     config: Path | None
     collector_url: str | None
+    lake: bool = False
 
 
 @report_app.callback(invoke_without_command=True)
@@ -94,6 +96,7 @@ def report(
     fmt: FormatOption = None,
     config: ConfigOption = None,
     collector_url: CollectorUrlOption = None,
+    lake: LakeOption = False,
 ) -> None:
     """Attempts, tasks, tokens by type and cost for a window, grouped as you ask."""
     if ctx.invoked_subcommand is not None:
@@ -103,7 +106,7 @@ def report(
                 "tables",
                 2,
             )
-        ctx.obj = _Options(since, start, end, fmt, config, collector_url)
+        ctx.obj = _Options(since, start, end, fmt, config, collector_url, lake)
         return
     cfg = load_or_exit(config, collector_url=collector_url)
     window = window_or_exit(since, start, end)
@@ -113,7 +116,7 @@ def report(
         fail(str(exc), code=2)
     if top is not None and not group_by:
         fail("--top needs --by: the groups to keep the top N of", code=2)
-    _run(lambda reader: cost_report(reader, window, group_by, top), LedgerReader.from_config(cfg), fmt)
+    _run(lambda reader: cost_report(reader, window, group_by, top), reader_for(cfg, lake), fmt)
 
 
 def _merged(
@@ -129,7 +132,13 @@ def _merged(
     if since is None and start is None and end is None:
         since, start, end = parent.since, parent.start, parent.end
     return _Options(
-        since, start, end, fmt or parent.fmt, config or parent.config, collector_url or parent.collector_url
+        since,
+        start,
+        end,
+        fmt or parent.fmt,
+        config or parent.config,
+        collector_url or parent.collector_url,
+        parent.lake,
     )
 
 
@@ -147,7 +156,7 @@ def escalations(
     options = _merged(ctx, since, start, end, fmt, config, collector_url)
     cfg = load_or_exit(options.config, collector_url=options.collector_url)
     window = window_or_exit(options.since, options.start, options.end)
-    _run(lambda reader: escalation_report(reader, window), LedgerReader.from_config(cfg), options.fmt)
+    _run(lambda reader: escalation_report(reader, window), reader_for(cfg, options.lake), options.fmt)
 
 
 @report_app.command("savings")
@@ -165,7 +174,18 @@ def savings(
     cfg = load_or_exit(options.config, collector_url=options.collector_url)
     window = window_or_exit(options.since, options.start, options.end)
     model = cfg.escalation.model
-    _run(lambda reader: savings_report(reader, window, model), LedgerReader.from_config(cfg), options.fmt)
+    _run(lambda reader: savings_report(reader, window, model), reader_for(cfg, options.lake), options.fmt)
+
+
+def reader_for(config: Config, lake: bool) -> LedgerReader:
+    """This ledger (or its collector), or with ``--lake`` the shared ledger of every collector."""
+    if not lake:
+        return LedgerReader.from_config(config)
+    if not config.lake.enabled:
+        fail("--lake reads the shared ledger: set [lake] catalog and data_path (or COSTLINE_LAKE_CATALOG)", code=2)
+    from costline.lake_reader import LakeReader  # only with --lake: the extensions load on demand
+
+    return LakeReader(config)
 
 
 def window_or_exit(since: str | None, start: str | None, end: str | None) -> Window:

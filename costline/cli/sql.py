@@ -12,11 +12,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from costline.cli.app import CollectorUrlOption, ConfigOption, app, fail, load_or_exit
-from costline.cli.report import plain_text, rows_csv, to_json
+from costline.cli.app import CollectorUrlOption, ConfigOption, LakeOption, app, fail, load_or_exit
+from costline.cli.report import plain_text, reader_for, rows_csv, to_json
 from costline.ledger_reader import (
     LedgerError,
-    LedgerReader,
     NotReadOnlyError,
     QueryError,
     QueryInterrupted,
@@ -38,6 +37,7 @@ def sql(
     fmt: Annotated[SqlFormat, typer.Option("--format", "-f", help="Output format.")] = SqlFormat.table,
     config: ConfigOption = None,
     collector_url: CollectorUrlOption = None,
+    lake: LakeOption = False,
 ) -> None:
     """Run read-only SQL over the ledger (tables attempts, tasks and the documented views)."""
     try:
@@ -48,7 +48,7 @@ def sql(
         fail(str(exc))
     cfg = load_or_exit(config, collector_url=collector_url)
     try:
-        result = LedgerReader.from_config(cfg).query(query)
+        result = reader_for(cfg, lake).query(query)
     except QueryInterrupted as exc:
         fail(str(exc), code=130)
     except KeyboardInterrupt:  # Ctrl-C while waiting for the collector: it sees the connection close and stops
