@@ -161,21 +161,21 @@ def test_a_column_the_local_ledger_gains_is_added_to_the_lake_and_copied(tmp_pat
     lake_con = connect_lake(lake)
     try:
         LakeFlusher(local.cursor(), lake_con).flush()
-        # A newer costline adds a column to its ledger (as the team columns do); the next rows carry it.
-        local.execute("ALTER TABLE attempts ADD COLUMN team VARCHAR")
-        local.execute("UPDATE attempts SET team = 'payments'")
+        # A newer costline adds a column to its ledger (as the team columns did); the next rows carry it.
+        local.execute("ALTER TABLE attempts ADD COLUMN cost_center VARCHAR")
+        local.execute("UPDATE attempts SET cost_center = 'payments'")
         local.execute(
             "INSERT INTO attempts SELECT * REPLACE ('00000000000000000000000000000abc' AS trace_id, "
-            "'0000000000000abc' AS span_id, 2748::UBIGINT AS span_key, 'search' AS team) FROM attempts LIMIT 1"
+            "'0000000000000abc' AS span_id, 2748::UBIGINT AS span_key, 'search' AS cost_center) FROM attempts LIMIT 1"
         )
         LakeFlusher(local.cursor(), lake_con).flush()
     finally:
         lake_con.close()
         local.close()
     with lake_reader(lake) as con:
-        teams = con.execute("SELECT team, count(*) FROM lake.attempts GROUP BY ALL ORDER BY ALL").fetchall()
+        centres = con.execute("SELECT cost_center, count(*) FROM lake.attempts GROUP BY ALL ORDER BY ALL").fetchall()
     # Rows flushed before the column existed keep NULL; the new row carries its team.
-    assert teams == [("search", 1), (None, 10)] or teams == [(None, 10), ("search", 1)]
+    assert centres == [("search", 1), (None, 10)] or centres == [(None, 10), ("search", 1)]
 
 
 def test_lake_config_keys_come_from_the_environment_and_a_catalog_password_is_refused(tmp_path: Path) -> None:
