@@ -17,13 +17,10 @@ from collector.lake_connect import LAKE, LakeError, connect_lake
 from collector.views import create_views
 from costline.config import Config, LakeConfig
 from costline.ledger_reader import (
-    READ_ONLY_MESSAGE,
     LedgerError,
     LedgerReader,
-    NotReadOnlyError,
-    QueryError,
-    _interruptible,
     check_read_only,
+    run_read_only,
     source_from_config,
 )
 
@@ -38,11 +35,7 @@ class LakeReader(LedgerReader):
         con = self._con or self._connect()
         self.via = "lake"
         try:
-            return _interruptible(con, sql, list(params))
-        except duckdb.Error as exc:
-            if "read-only" in str(exc) or "read only" in str(exc):
-                raise NotReadOnlyError(f"{READ_ONLY_MESSAGE}: {exc}") from None
-            raise QueryError(str(exc)) from None
+            return run_read_only(con, sql, params)
         finally:
             if self._keep_open:
                 self._con = con

@@ -142,12 +142,7 @@ class LedgerReader:
             return self._query_collector(sql, params)
         self.via = "file"
         try:
-            return _interruptible(con, sql, list(params))
-        except duckdb.Error as exc:
-            # A SELECT can hide a write (a data-modifying CTE); the read-only connection is what stops it.
-            if "read-only mode" in str(exc):
-                raise NotReadOnlyError(f"{READ_ONLY_MESSAGE}: {exc}") from None
-            raise QueryError(str(exc)) from None
+            return run_read_only(con, sql, params)
         finally:
             if self._keep_open:
                 self._con = con
@@ -222,6 +217,17 @@ class LedgerReader:
                 f"the collector refused the query ({exc.code}: {message}); set {TOKEN_ENV} to the collector's token"
             )
         return LedgerError(f"the collector answered {exc.code}: {message}")
+
+
+def run_read_only(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) -> pa.Table:
+    """``sql`` on a read-only connection (the ledger file or the lake), its refusals as this module's errors."""
+    try:
+        return _interruptible(con, sql, list(params))
+    except duckdb.Error as exc:
+        # A SELECT can hide a write (a data-modifying CTE); the read-only connection is what stops it.
+        if "read-only" in str(exc) or "read only" in str(exc):
+            raise NotReadOnlyError(f"{READ_ONLY_MESSAGE}: {exc}") from None
+        raise QueryError(str(exc)) from None
 
 
 def _interruptible(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> pa.Table:
