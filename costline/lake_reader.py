@@ -20,7 +20,6 @@ from costline.ledger_reader import (
     LedgerError,
     LedgerReader,
     check_read_only,
-    run_read_only,
     source_from_config,
 )
 
@@ -34,13 +33,7 @@ class LakeReader(LedgerReader):
         check_read_only(sql)
         con = self._con or self._connect()
         self.via = "lake"
-        try:
-            return run_read_only(con, sql, params)
-        finally:
-            if self._keep_open:
-                self._con = con
-            else:
-                con.close()
+        return self._run(con, sql, params)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         try:

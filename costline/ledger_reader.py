@@ -141,6 +141,10 @@ class LedgerReader:
             self.via = "collector"
             return self._query_collector(sql, params)
         self.via = "file"
+        return self._run(con, sql, params)
+
+    def _run(self, con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) -> pa.Table:
+        """Run on ``con``, then keep it for the next query (inside ``with``) or close it."""
         try:
             return run_read_only(con, sql, params)
         finally:
