@@ -42,6 +42,12 @@ _ERROR_TYPE_LABEL = (
     "CASE WHEN outcome = 'success' THEN '' "
     f"WHEN error_type IN ({', '.join(repr(t) for t in ERROR_TYPES)}) THEN error_type ELSE 'other' END"
 )
+# A team declared in config ([budgets.teams."NAME"]) is its own label value, any other team 'other', none "":
+# the label's values are bounded by the config whatever callers send.
+_TEAM_LABEL = (
+    "CASE WHEN coalesce(team, '') = '' THEN '' "
+    "WHEN list_contains(CAST($teams AS VARCHAR[]), team) THEN team ELSE 'other' END"
+)
 _NOT_REFUSED = f"coalesce(error_type, '') NOT IN ({', '.join(repr(t) for t in REFUSAL_ERROR_TYPES)})"
 
 _BUCKET = (
@@ -63,7 +69,8 @@ SELECT provider, {_MODEL} AS model, coalesce(tier, '') AS tier, outcome, {_ERROR
        coalesce(escalation_reason, '') AS reason,
        coalesce(sum(CAST(round(duration_s * 1e6) AS BIGINT)), 0) AS duration_us,
        {_BUCKET} AS bucket,
-       count(*) FILTER (WHERE cost_disagrees) AS disagreements
+       count(*) FILTER (WHERE cost_disagrees) AS disagreements,
+       {_TEAM_LABEL} AS team
 FROM {{source}}
 GROUP BY ALL
 """
@@ -79,7 +86,9 @@ ATTEMPT_LABELS = ("provider", "model", "tier", "outcome", "error_type")
 TASK_LABELS = ("task_type", "outcome", "escalated")
 ESCALATION_LABELS = ("reason", "model")
 MODEL_LABELS = ("provider", "model")
-TOKEN_LABELS = ("provider", "model", "type")
+COST_LABELS = ("provider", "model", "team")
+TOKEN_LABELS = ("provider", "model", "type", "team")
+BUDGET_LABELS = ["period", "team"]  # team "" is the global budget
 # Labels whose values come from span attributes as sent: any number of distinct values can arrive.
 FREE_TEXT_LABELS = frozenset({"provider", "model", "tier", "reason", "task_type"})
 OTHER = "other"
@@ -98,9 +107,9 @@ class _State:
         self.attempts: dict[tuple[str, ...], int] = {}
         self.tasks: dict[tuple[str, ...], int] = {}
         self.escalations: dict[tuple[str, str], int] = {}
-        self.cost: dict[tuple[str, str], Decimal] = {}
+        self.cost: dict[tuple[str, str, str], Decimal] = {}
         self.counterfactual: dict[tuple[str], Decimal] = {}
-        self.tokens: dict[tuple[str, str, str], int] = {}
+        self.tokens: dict[tuple[str, str, str, str], int] = {}
         self.unpriced: dict[tuple[str, str], int] = {}
         self.disagreements: dict[tuple[str, str], int] = {}  # the emitter's reported cost differs from costline's
         self.duration: dict[tuple[str, str], list[int]] = {}  # count per bucket (last: above all bounds), sum in µs
@@ -112,13 +121,13 @@ class _State:
         for row in rows:
             provider, model, tier, outcome, error_type, n, cost, unpriced, cf, cf_n = row[:10]
             tokens = row[10:14]
-            escalations, reason, duration_us, bucket, disagreements = row[14:19]
+            escalations, reason, duration_us, bucket, disagreements, team = row[14:20]
             pm = (provider, model)
             self._inc(
                 "costline_attempts", ATTEMPT_LABELS, self.attempts, (provider, model, tier, outcome, error_type), n
             )
             if n > unpriced:  # an unpriced model gets no cost series (NULL is not $0)
-                self._inc("costline_cost_usd", MODEL_LABELS, self.cost, pm, cost)
+                self._inc("costline_cost_usd", COST_LABELS, self.cost, (provider, model, team), cost)
             if unpriced:
                 self._inc("costline_unpriced_attempts", MODEL_LABELS, self.unpriced, pm, unpriced)
                 _inc(unpriced_seen, pm, unpriced)
@@ -127,7 +136,7 @@ class _State:
             if cf_n:
                 self._inc("costline_counterfactual_usd", ("model",), self.counterfactual, (model,), cf)
             for kind, count in zip(TOKEN_TYPES, tokens, strict=True):
-                self._inc("costline_tokens", TOKEN_LABELS, self.tokens, (provider, model, kind), count)
+                self._inc("costline_tokens", TOKEN_LABELS, self.tokens, (provider, model, kind, team), count)
             if escalations:
                 self._inc("costline_escalations", ESCALATION_LABELS, self.escalations, (reason, model), escalations)
             series = self._series("costline_attempt_duration_seconds", MODEL_LABELS, self.duration, pm)
@@ -165,6 +174,8 @@ class LedgerMetrics(Collector):
         self._reader = reader
         self._lock = threading.Lock()
         self._state = _State(config.collector.max_series_per_metric)
+        self._teams = sorted(config.team_budgets)
+        self._team_values = pa.array(self._teams, pa.string())
         self.clock: Callable[[], datetime] = clock.now
 
     # --- counters ---------------------------------------------------------------------------------------------
@@ -175,7 +186,7 @@ class LedgerMetrics(Collector):
         # Largest label sets first: when a metric has more than it may keep, the ones folded into 'other' are the
         # smallest, whatever order the rows were stored in.
         attempts = _ATTEMPT_AGGREGATES.format(source="attempts") + "ORDER BY attempts DESC"
-        state.add_attempts(con.execute(attempts).fetchall())
+        state.add_attempts(con.execute(attempts, {"teams": self._teams}).fetchall())
         state.add_tasks(con.execute(_TASK_AGGREGATES.format(source="tasks") + "ORDER BY 4 DESC").fetchall())
         stored = con.execute("SELECT (SELECT count(*) FROM attempts) + (SELECT count(*) FROM tasks)").fetchone()
         state.ingest["stored"] = int(stored[0]) if stored else 0
@@ -186,11 +197,11 @@ class LedgerMetrics(Collector):
 
     def warm_up(self, attempts: pa.Table) -> None:
         """Aggregate rows without counting them: the first commit then finds pyarrow's kernels loaded."""
-        _attempt_aggregates(attempts)
+        _attempt_aggregates(attempts, self._team_values)
 
     def apply(self, result: WriteResult, rejected: int) -> dict[tuple[str, str], int]:
         """Advance the counters by one commit; returns unpriced attempts by (provider, model) in it."""
-        attempt_rows = _attempt_aggregates(result.attempts) if result.attempts.num_rows else []
+        attempt_rows = _attempt_aggregates(result.attempts, self._team_values) if result.attempts.num_rows else []
         task_rows = _task_aggregates(result.tasks) if result.tasks.num_rows else []
         with self._lock:
             unpriced = self._state.add_attempts(attempt_rows)
@@ -223,7 +234,7 @@ class LedgerMetrics(Collector):
             ESCALATION_LABELS,
             escalations,
         )
-        yield _counter("costline_cost_usd", "Priced cost of attempts in USD.", MODEL_LABELS, cost)
+        yield _counter("costline_cost_usd", "Priced cost of attempts in USD.", COST_LABELS, cost)
         yield _counter(
             "costline_counterfactual_usd",
             "What local successes would have cost on the escalation model, in USD.",
@@ -302,24 +313,57 @@ class LedgerMetrics(Collector):
             _ratio(limit, used),
         )
         budgets = [
-            ("daily", self._config.budgets.daily_usd, spent_day),
-            ("monthly", self._config.budgets.monthly_usd, spent_month),
+            ("daily", "", self._config.budgets.daily_usd, spent_day),
+            ("monthly", "", self._config.budgets.monthly_usd, spent_month),
         ]
-        budgets = [(period, limit_usd, spent) for period, limit_usd, spent in budgets if limit_usd > 0]
-        limit_f = GaugeMetricFamily("costline_budget_limit_usd", "Escalation budget in USD.", labels=["period"])
+        budgets += self._team_budgets(day, month, now)
+        limit_f = GaugeMetricFamily("costline_budget_limit_usd", "Escalation budget in USD.", labels=BUDGET_LABELS)
         spent_f = GaugeMetricFamily(
-            "costline_budget_spent_usd", "Escalation spend in the current UTC day or month.", labels=["period"]
+            "costline_budget_spent_usd", "Escalation spend in the current UTC day or month.", labels=BUDGET_LABELS
         )
         ratio_f = GaugeMetricFamily(
-            "costline_budget_headroom_ratio", "(limit - spent) / limit, clamped to [0, 1].", labels=["period"]
+            "costline_budget_headroom_ratio", "(limit - spent) / limit, clamped to [0, 1].", labels=BUDGET_LABELS
         )
-        for period, limit_usd, spent in budgets:
-            limit_f.add_metric([period], limit_usd)
-            spent_f.add_metric([period], float(spent))
-            ratio_f.add_metric([period], _ratio(limit_usd, float(spent)))
+        for period, team, limit_usd, spent in budgets:
+            if limit_usd <= 0:  # no budget for the period: no series (a 0 limit is not "all spent")
+                continue
+            limit_f.add_metric([period, team], limit_usd)
+            spent_f.add_metric([period, team], float(spent))
+            ratio_f.add_metric([period, team], _ratio(limit_usd, float(spent)))
         yield limit_f
         yield spent_f
         yield ratio_f
+
+    def _team_budgets(self, day: datetime, month: datetime, now: datetime) -> list[tuple[str, str, float, Any]]:
+        """(period, team, limit, spent) of each declared team's budgets: its escalation spend, as the router's
+        per-team reservations count it."""
+        teams = {team: b for team, b in self._config.team_budgets.items() if b.daily_usd > 0 or b.monthly_usd > 0}
+        if not teams:
+            return []
+        con = self._reader()
+        try:
+            spent = {
+                team: (day_usd, month_usd)
+                for team, day_usd, month_usd in con.execute(
+                    """
+                    SELECT team, coalesce(sum(cost_usd) FILTER (WHERE start_time >= $day), 0),
+                           coalesce(sum(cost_usd), 0)
+                    FROM attempts
+                    WHERE tier = 'escalation' AND list_contains(CAST($teams AS VARCHAR[]), team)
+                      AND start_time >= $month AND start_time <= $now
+                    GROUP BY team
+                    """,
+                    {"teams": sorted(teams), "day": day, "month": month, "now": now + timedelta(days=1)},
+                ).fetchall()
+            }
+        finally:
+            con.close()
+        rows: list[tuple[str, str, float, Any]] = []
+        for team, budget in sorted(teams.items()):
+            day_usd, month_usd = spent.get(team, (Decimal(0), Decimal(0)))
+            rows.append(("daily", team, budget.daily_usd, day_usd))
+            rows.append(("monthly", team, budget.monthly_usd, month_usd))
+        return rows
 
 
 # The commit's deltas are the SQL aggregates above computed in pyarrow, on the writer thread without a DuckDB
@@ -328,7 +372,7 @@ _ERROR_TYPES = pa.array(sorted(ERROR_TYPES), pa.string())
 _REFUSED = pa.array(REFUSAL_ERROR_TYPES, pa.string())
 _ATTEMPT_SUMS = ("cost_usd", "unpriced", "counterfactual_usd", "input_tokens", "output_tokens")
 _ATTEMPT_SUMS += ("cache_read_tokens", "cache_write_tokens", "escalation", "duration_us", "disagreements")
-_ATTEMPT_KEYS = ("provider", "model", "tier", "outcome", "error_label", "reason", "bucket")
+_ATTEMPT_KEYS = ("provider", "model", "tier", "outcome", "error_label", "reason", "bucket", "team")
 # Literals as Arrow scalars, made once: converting a Python value costs pyarrow ~35 µs (it tries to import
 # dateutil each time when that is not installed), and a commit would convert ~30 of them.
 _SUCCESS, _ESCALATION, _OTHER, _EMPTY = (pa.scalar(v, pa.string()) for v in ("success", "escalation", "other", ""))
@@ -339,9 +383,13 @@ _BUCKET_COUNT = pa.scalar(len(DURATION_BUCKETS), pa.int8())
 _MICROS_PER_S = pa.scalar(1e6, pa.float64())
 
 
-def _attempt_aggregates(rows: pa.Table) -> list[tuple[Any, ...]]:
-    """``_ATTEMPT_AGGREGATES`` over a committed batch, in the column order :meth:`_State.add_attempts` reads."""
+def _attempt_aggregates(rows: pa.Table, teams: pa.Array) -> list[tuple[Any, ...]]:
+    """``_ATTEMPT_AGGREGATES`` over a committed batch, in the column order :meth:`_State.add_attempts` reads;
+    ``teams`` are the declared teams (``_TEAM_LABEL``)."""
     tier = rows.column("tier")
+    team = rows.column("team")
+    no_team = pc.fill_null(pc.equal(team, _EMPTY), True)
+    declared = pc.fill_null(pc.is_in(team, value_set=teams), _FALSE)
     error_type = rows.column("error_type")
     success = pc.fill_null(pc.equal(rows.column("outcome"), _SUCCESS), _FALSE)
     known = pc.fill_null(pc.is_in(error_type, value_set=_ERROR_TYPES), _FALSE)
@@ -363,6 +411,7 @@ def _attempt_aggregates(rows: pa.Table) -> list[tuple[Any, ...]]:
             "error_label": pc.if_else(success, _EMPTY, pc.if_else(known, error_type, _OTHER)),
             "reason": pc.fill_null(rows.column("escalation_reason"), _EMPTY),
             "bucket": bucket,
+            "team": pc.if_else(no_team, _EMPTY, pc.if_else(declared, team, _OTHER)),
             "cost_usd": rows.column("cost_usd"),
             "unpriced": pc.cast(
                 pc.and_(
@@ -407,6 +456,7 @@ def _attempt_aggregates(rows: pa.Table) -> list[tuple[Any, ...]]:
             sums["duration_us"],
             g["bucket"],
             sums["disagreements"],
+            g["team"],
             strict=True,
         )
     )

@@ -395,6 +395,9 @@ def _team_budgets(table: Any, source: str) -> dict[str, BudgetConfig]:
         raise ConfigError("budgets.teams", table, 'must be tables: [budgets.teams."team-name"]', source)
     teams = {}
     for team, entry in table.items():
+        if not team.strip() or team == "other":
+            # "" is the global budget's label and "other" counts every undeclared team on the metrics.
+            raise ConfigError(f'budgets.teams."{team}"', team, 'a team name must be non-empty and not "other"', source)
         if not isinstance(entry, dict):
             raise ConfigError(
                 f'budgets.teams."{team}"', entry, "must be a table with daily_usd and/or monthly_usd", source

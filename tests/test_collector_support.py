@@ -134,16 +134,23 @@ def scrape(collector: Collector) -> str:
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of a /metrics page, keyed by (sample name, labels)."""
+    """Every sample of a /metrics page, keyed by (sample name, labels).
+
+    A label with an empty value is dropped, as Prometheus does at ingestion: ``team=""`` and no ``team`` label are
+    the same series."""
     out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+            out[(sample.name, _label_set(sample.labels))] = sample.value
     return out
 
 
 def sample(values: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
-    return values.get((name, frozenset(labels.items())))
+    return values.get((name, _label_set(labels)))
+
+
+def _label_set(labels: dict[str, str]) -> frozenset[tuple[str, str]]:
+    return frozenset((name, value) for name, value in labels.items() if value != "")
 
 
 def rows(collector: Collector, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from costline.config import SECTIONS, ConfigError, load_config
+from costline.config import SECTIONS, BudgetConfig, ConfigError, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -124,6 +124,19 @@ def test_the_example_config_names_every_key_at_its_default() -> None:
     for name in SECTIONS:
         assert getattr(loaded, name) == getattr(defaults, name), name
     assert set(loaded.origins) == {f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in fields(cls)}
+
+
+def test_a_team_table_may_be_empty_declaring_the_team_without_budgets(tmp_path: Path) -> None:
+    text = '[budgets.teams."support"]\n[budgets.teams."search"]\ndaily_usd = 1.5\n'
+    teams = load_config(write(tmp_path, text), env={}).team_budgets
+    assert teams == {
+        "support": BudgetConfig(daily_usd=0.0, monthly_usd=0.0),
+        "search": BudgetConfig(daily_usd=1.5, monthly_usd=0.0),
+    }
+    # "" labels the global budget and "other" the undeclared teams: neither can be a team's name.
+    for name in ("", "other"):
+        with pytest.raises(ConfigError, match='must be non-empty and not "other"'):
+            load_config(write(tmp_path, f'[budgets.teams."{name}"]\ndaily_usd = 1\n'), env={})
 
 
 def test_init_writes_a_starter_that_config_check_accepts_and_reports_origins(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
