@@ -32,6 +32,7 @@ MONTHLY: Final = 'period="monthly"'
 # Budget gauges carry a series per declared team besides the global one; the global budget is the one without a
 # team label, and a selector on period alone would add team spend into it (or match many-to-many in a ratio).
 GLOBAL_BUDGET: Final = 'team=""'
+TEAM_BUDGET: Final = 'team!=""'  # a declared team's budget series (undeclared teams, 'other', have no budget)
 ESCALATED: Final = 'escalated="true"'
 LOCAL_PROVIDER: Final = 'provider="ollama"'
 ROUTED_ATTEMPT: Final = 'tier!=""'  # attempts of other emitters carry tier "" and belong to no routed task
@@ -46,6 +47,8 @@ ESCALATION_RATIO: Final = "costline:escalation_ratio:rate{window}"
 COST_RATE: Final = "costline:cost_usd:rate{window}"
 MODEL_COST_RATE: Final = "model:costline_cost_usd:rate{window}"
 DAILY_BURN: Final = "costline:daily_budget_burn:rate{window}"
+TEAM_COST_RATE: Final = "team:costline_cost_usd:rate{window}"
+TEAM_DAILY_BURN: Final = "team:costline_daily_budget_burn:rate{window}"
 ATTEMPTS_PER_TASK: Final = "costline:attempts_per_task:rate{window}"
 PROJECTED_MONTH_END: Final = "costline:cost_usd:projected_month_end"
 
@@ -69,6 +72,10 @@ def budget_limit(period: str) -> str:
 BUDGET_HEADROOM_OVER_COLLECTORS: Final = (
     f"clamp_min(1 - sum by (period) ({BUDGET_SPENT}{{{GLOBAL_BUDGET}}})"
     f" / max by (period) ({BUDGET_LIMIT}{{{GLOBAL_BUDGET}}}), 0)"
+)
+TEAM_BUDGET_HEADROOM_OVER_COLLECTORS: Final = (
+    f"clamp_min(1 - sum by (period, team) ({BUDGET_SPENT}{{{TEAM_BUDGET}}})"
+    f" / max by (period, team) ({BUDGET_LIMIT}{{{TEAM_BUDGET}}}), 0)"
 )
 QUOTA_HEADROOM_OVER_COLLECTORS: Final = (
     f"clamp_min(1 - sum by (quota) ({QUOTA_USED}{{{ESCALATION_QUOTA}}})"

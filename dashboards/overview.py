@@ -25,6 +25,7 @@ from dashboards.stack import Stack
 from dashboards.thresholds import Thresholds
 
 UID = "costline-overview"
+NO_TEAM = "(no team)"
 TITLE = "LLM cost overview"
 
 
@@ -35,6 +36,11 @@ def _spend_so_far(period_selector: str) -> Query:
     return Query(
         f"sum({m.BUDGET_SPENT}{{{period_selector}, {m.GLOBAL_BUDGET}}})\nor\nsum(increase({m.COST}[$__range]))"
     )
+
+
+def _by_team(expr: str) -> str:
+    """``expr`` summed by team, with spend that named no team shown as "(no team)" rather than an empty legend."""
+    return f'label_replace(sum by (team) ({expr}), "team", "{NO_TEAM}", "team", "")'
 
 
 def _latency(quantile: float) -> Query:
@@ -114,6 +120,33 @@ def build(t: Thresholds, stack: Stack) -> dashboard_builders.Dashboard:
                 [Query(m.BUDGET_HEADROOM_OVER_COLLECTORS, legend="{{period}}")],
                 steps=((None, "red"), (0.001, "orange"), (round(1 - t.monthly_warning_ratio, 6), "green")),
                 width=16,
+            ),
+            row("Teams"),
+            bar_gauge_panel(
+                "Spend by team",
+                "Spend in the time range per team (X-Costline-Team, Task.team): teams declared in the collector's "
+                '[budgets.teams."NAME"] by name, any other team as "other", calls naming none as "(no team)".',
+                USD,
+                [Query(_by_team(f"increase({m.COST}{{{BY_PROVIDER_MODEL}}}[$__range])"), "{{team}}")],
+                width=8,
+            ),
+            timeseries_panel(
+                "Spend rate by team",
+                "USD per hour, average over the rate interval, per team.",
+                USD,
+                [Query(_by_team(f"rate({m.COST}{{{BY_PROVIDER_MODEL}}}[$__rate_interval])") + " * 3600", "{{team}}")],
+                axis_label="USD per hour",
+                stacked=True,
+                width=8,
+            ),
+            gauge_panel(
+                "Team budget headroom",
+                "Share of each team's daily and monthly budget still unspent (teams with a budget in "
+                '[budgets.teams."NAME"]).',
+                RATIO,
+                [Query(m.TEAM_BUDGET_HEADROOM_OVER_COLLECTORS, legend="{{team}} {{period}}")],
+                steps=((None, "red"), (t.team_headroom_ratio, "orange"), (0.5, "green")),
+                width=8,
             ),
             row("Spend rate"),
             timeseries_panel(

@@ -70,6 +70,20 @@ def recording_rules(t: Thresholds) -> list[dict[str, str]]:
                 f"max({m.BUDGET_LIMIT}{{{m.DAILY}, {m.GLOBAL_BUDGET}}})",
             }
         )
+    for window in _unique([t.burn_fast_short_window, t.burn_fast_long_window]):
+        rules.append(
+            {
+                "record": m.windowed(m.TEAM_COST_RATE, window),
+                "expr": f"sum by (team) ({_rate(m.COST, window, m.TEAM_BUDGET)})",
+            }
+        )
+        rules.append(
+            {
+                "record": m.windowed(m.TEAM_DAILY_BURN, window),
+                "expr": f"{m.windowed(m.TEAM_COST_RATE, window)} * {SECONDS_PER_DAY}\n/ on (team)\n"
+                f"max by (team) ({m.BUDGET_LIMIT}{{{m.DAILY}, {m.TEAM_BUDGET}}})",
+            }
+        )
     rules.append(
         {
             "record": m.windowed(m.ATTEMPTS_PER_TASK, SHORT_WINDOW),
@@ -161,6 +175,36 @@ def alerts(t: Thresholds, stack: Stack) -> list[Alert]:
             description=(
                 f"Spend so far plus the average rate of the last {t.projection_window} for the rest of the month "
                 f"comes to {USD_VALUE}, more than the monthly budget."
+            ),
+        ),
+        Alert(
+            name="CostlineTeamDailyBudgetBurnFast",
+            expr=(
+                f"{m.windowed(m.TEAM_DAILY_BURN, t.burn_fast_long_window)} > {t.burn_fast_factor:g}\nand\n"
+                f"{m.windowed(m.TEAM_DAILY_BURN, t.burn_fast_short_window)} > {t.burn_fast_factor:g}"
+            ),
+            for_=t.team_burn_for,
+            severity="warning",
+            summary="Team {{ $labels.team }} is burning its daily budget more than "
+            f"{t.burn_fast_factor:g}x too fast.",
+            description=(
+                f"Over the last {t.burn_fast_long_window}, team {{{{ $labels.team }}}} spent at {FACTOR_VALUE}x the "
+                f"pace that would use exactly its daily budget in 24 h (alert above {t.burn_fast_factor:g}x, still "
+                f"above it over the last {t.burn_fast_short_window}). At this pace its daily budget is gone within "
+                f"{_hours(day / t.burn_fast_factor)}; then the router refuses the team's escalations, other teams "
+                "go on."
+            ),
+        ),
+        Alert(
+            name="CostlineTeamBudgetHeadroomLow",
+            expr=f"{m.TEAM_BUDGET_HEADROOM_OVER_COLLECTORS} < {t.team_headroom_ratio:g}",
+            for_=t.team_headroom_for,
+            severity="warning",
+            summary="Team {{ $labels.team }} has little of its {{ $labels.period }} budget left.",
+            description=(
+                f"Only {RATIO_VALUE} of team {{{{ $labels.team }}}}'s {{{{ $labels.period }}}} budget is left "
+                f"(warning below {_percent(t.team_headroom_ratio)}). When it is spent, the router refuses that "
+                "team's escalations to Claude until the UTC day or month ends; its local models keep working."
             ),
         ),
         Alert(

@@ -33,6 +33,11 @@ class Thresholds:
     # Month-end projection: spent so far plus the average rate over this window for the rest of the month.
     projection_window: str = "1d"
     projected_for: str = "1h"
+    # Per-team budgets ([budgets.teams."NAME"]): the fast daily burn (same factor and windows as the global one)
+    # and the share of a team's daily or monthly budget still unspent.
+    team_burn_for: str = "2m"
+    team_headroom_ratio: float = 0.1
+    team_headroom_for: str = "5m"
     # Escalations: share of tasks that needed Claude, over the last hour, once enough tasks ran to judge.
     escalation_ratio: float = 0.3
     escalation_window: str = "1h"
@@ -57,7 +62,7 @@ class Thresholds:
             is_duration = f.name.endswith(("_window", "_for")) or (f.name == "evaluation_interval" and value)
             if is_duration and (not isinstance(value, str) or not _DURATION.match(value)):
                 raise ValueError(f"{f.name} = {value!r}: use a Prometheus duration such as '5m' or '1h'")
-        for name in ("monthly_warning_ratio", "escalation_ratio", "quota_headroom_ratio"):
+        for name in ("monthly_warning_ratio", "escalation_ratio", "quota_headroom_ratio", "team_headroom_ratio"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} = {getattr(self, name)!r}: must be a ratio in (0, 1]")
         for name in ("burn_fast_factor", "burn_slow_factor"):

@@ -37,6 +37,10 @@ REQUIRED_PANELS = {
         "Calls by outcome per model, and refused escalations": "ops",
         "Attempt latency p50 / p95 per model": "s",
         "Unpriced attempts": "short",
+        # Issue 15: cost by team.
+        "Spend by team": "currencyUSD",
+        "Spend rate by team": "currencyUSD",
+        "Team budget headroom": "percentunit",
     },
     RELIABILITY: {
         "Local failures by model and error type": "ops",

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from promtools import Prometheus, binary
 
 from collector.service import Collector
-from costline.config import Config, ModelPrice, load_config, with_overrides
+from costline.config import BudgetConfig, Config, ModelPrice, load_config, with_overrides
 from costline.demo.fake_anthropic import ClaudeReply, FakeAnthropic
 from costline.demo.fake_ollama import FakeOllama, OllamaError, OllamaReply
 from dashboards import generate
@@ -69,13 +69,13 @@ def _workload(phase: int) -> list[tuple[str, Task]]:
         return Task(prompt=f"{prompt} (phase {phase})", **kwargs)
 
     return [
-        ("main", task("summarise the notes")),
+        ("main", task("summarise the notes", team="support")),
         ("main", task("summarise the notes again")),
         ("main", task("[primary-fails] classify the ticket")),
         ("main", task("[primary-rambles] summarise as bullets", validator=bulleted)),
         ("main", task("[local-fails] draft the reply")),
         ("main", task("[local-fails] write the parser", type="code_generation")),
-        ("main", task("review this design", prefer_escalation=True)),
+        ("main", task("review this design", prefer_escalation=True, team="search")),
         ("unpriced", task("review this contract", prefer_escalation=True)),
         ("no_quota", task("review this plan", prefer_escalation=True)),
     ]
@@ -196,7 +196,13 @@ def test_dashboards_and_rules_against_a_real_prometheus(tmp_path: Path, monkeypa
         )
         # The collector's budgets drive its gauges: a daily budget that holds, and a monthly one that is blown.
         collector = stack.enter_context(
-            Collector(with_overrides(base, budgets={"daily_usd": 1000.0, "monthly_usd": MONTHLY_TEST_BUDGET}))
+            Collector(
+                with_overrides(
+                    base,
+                    budgets={"daily_usd": 1000.0, "monthly_usd": MONTHLY_TEST_BUDGET},
+                    team_budgets=lambda _: {"search": BudgetConfig(daily_usd=0.0, monthly_usd=500.0)},
+                )
+            )
         )
         # The budget gauges count from the start of the month the test began in, so a run that crosses into a new
         # month (or day) still compares the gauge with every escalation it made.
@@ -286,8 +292,22 @@ def test_dashboards_and_rules_against_a_real_prometheus(tmp_path: Path, monkeypa
             [began.replace(day=1, hour=0, minute=0, second=0, microsecond=0)],
         )[0][0]
         assert float(spent) > MONTHLY_TEST_BUDGET
-        gauge = 'costline_budget_spent_usd{period="monthly"}'
+        gauge = 'costline_budget_spent_usd{period="monthly", team=""}'
         assert _scalar(prometheus, gauge) == pytest.approx(float(spent), rel=1e-9)
+        # The team's own gauge holds its share only; the spend-by-team panel names it and folds nothing else in.
+        team_spent = _ledger(
+            collector,
+            "SELECT sum(cost_usd) FROM attempts WHERE tier = 'escalation' AND team = 'search' AND start_time >= ?",
+            [began.replace(day=1, hour=0, minute=0, second=0, microsecond=0)],
+        )[0][0]
+        team_gauge = 'costline_budget_spent_usd{period="monthly", team="search"}'
+        assert 0 < float(team_spent) < float(spent)
+        assert _scalar(prometheus, team_gauge) == pytest.approx(float(team_spent), rel=1e-9)
+        by_team = prometheus.query(substitute(by_panel["Spend by team"]), at=at)
+        team_usd = {s["metric"]["team"]: float(s["value"][1]) for s in by_team}
+        assert set(team_usd) == {"search", "other", "(no team)"}  # support is not declared in the collector's config
+        assert team_usd["other"] == 0  # support's calls were local
+        assert team_usd["search"] > 0
         description = f"This month's spend is ${float(spent):.2f}, at or over the monthly budget."
 
         def firing_alert() -> dict[str, Any] | None:

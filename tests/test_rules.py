@@ -25,6 +25,8 @@ EXPECTED_ALERTS = {
     "CostlineMonthlyBudgetNearlyExhausted",
     "CostlineMonthlyBudgetExhausted",
     "CostlineProjectedMonthEndOverBudget",
+    "CostlineTeamDailyBudgetBurnFast",
+    "CostlineTeamBudgetHeadroomLow",
     "CostlineEscalationRateHigh",
     "CostlineEscalationQuotaHeadroomLow",
     "CostlineUnpricedAttempts",
@@ -48,7 +50,7 @@ def committed_records() -> list[dict]:
 def test_promtool_check_rules_accepts_the_generated_files():
     result = promtool("check", "rules", *sorted(RULES_DIR.glob("*.yml")))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 10 rules found" in result.stdout
+    assert "SUCCESS: 12 rules found" in result.stdout
     assert f"SUCCESS: {len(committed_records())} rules found" in result.stdout
 
 
