@@ -267,6 +267,18 @@ class UsageStore:
             reserved_usd=reserved_month,
         )
 
+    def team_spend(self) -> dict[str, tuple[Decimal, Decimal]]:
+        """(today, this month) of each team with a budget: settled spend plus the reservations of calls in flight,
+        as the team's budget checks count them."""
+        now = self._clock()
+        spend = {}
+        with self.db.read() as execute:
+            for team in sorted(self.limits.teams):
+                day = sum(_spent_since(execute, _day_start(now), team), Decimal(0))
+                month = sum(_spent_since(execute, _month_start(now), team), Decimal(0))
+                spend[team] = (day, month)
+        return spend
+
     def usage_today(self) -> list[ReasonUsage]:
         """Escalation calls since 00:00 UTC, by reason."""
         since = _day_start(self._clock()).timestamp()

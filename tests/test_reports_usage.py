@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from collector.service import Collector
 from costline import clock
 from costline.cli import app
+from costline.config import load_config
 from costline.demo.fake_anthropic import ClaudeReply
 from costline.demo.fake_ollama import OllamaError
 from router import Router, Task
@@ -113,3 +114,30 @@ def test_usage_and_reports_agree_for_today(fake_ollama, fake_anthropic, make_con
     assert (escalation_tier["attempts"], escalation_tier["refused"]) == (4, 1)
     assert escalation_tier["attempts"] - escalation_tier["refused"] == sum(row["calls"] for row in usage["escalations"])
     assert escalation_tier["input_tokens"] == 3 * (900 + 1200)
+
+
+def test_usage_shows_each_team_budget_as_the_router_counts_it(fake_ollama, fake_anthropic, tmp_path: Path) -> None:
+    fake_anthropic.set_default("claude-sonnet-4-6", ClaudeReply(text="done", input_tokens=100, output_tokens=100))
+    path = tmp_path / "costline.toml"
+    path.write_text(
+        f'[router]\nusage_db = "{tmp_path / "usage.sqlite"}"\nollama_host = "{fake_ollama.url}"\n'
+        f'[escalation]\nbase_url = "{fake_anthropic.url}"\nmax_tokens = 400\n'
+        '[budgets.teams."search"]\ndaily_usd = 0.007\n[budgets.teams."support"]\n'
+    )
+    config = load_config(path, env={})
+    started = datetime.now(UTC)
+    with Router(config) as router:
+        assert router.run(Task("review", prefer_escalation=True, team="search")).escalated  # $0.0018
+        refused = router.run(Task("review again", prefer_escalation=True, team="search"))
+        assert router.run(Task("review", prefer_escalation=True, team="ads")).escalated  # no budget of its own
+    with clock.pinned(started):  # asked about the day the calls began, should the test cross midnight
+        usage = cli_json("usage", "-c", str(path))
+        table = runner.invoke(app, ["usage", "-c", str(path)], terminal_width=200)
+    assert refused.outcome == "budget_exhausted"  # its bound of $0.0063 no longer fits under $0.007
+    assert set(usage["teams"]) == {"search"}  # support is declared without budgets; ads is not declared
+    search = usage["teams"]["search"]
+    assert (search["daily"]["limit_usd"], search["daily"]["spent_usd"]) == (Decimal("0.007"), Decimal("0.0018"))
+    assert search["monthly"]["limit_usd"] is None
+    assert Decimal(str(usage["budgets"]["daily"]["spent_usd"])) == Decimal("0.0036")  # the global spend: both teams
+    assert table.exit_code == 0, table.output
+    assert "team search daily budget" in table.output and "team search monthly" not in table.output

@@ -48,13 +48,19 @@ def usage(
     limits = Limits.from_config(cfg)
     if cfg.usage_db_shared or cfg.usage_db_path.exists():
         store = open_usage_store(cfg, clock=clock.now)
-        rows, headroom = store.usage_today(), store.headroom()
+        rows, headroom, team_spend = store.usage_today(), store.headroom(), store.team_spend()
     else:  # nothing escalated yet on this machine; do not create the file just to read it
         rows = []
         headroom = Headroom(
             0, limits.max_calls_per_hour, None, Decimal(0), limits.daily_usd, Decimal(0), limits.monthly_usd
         )
+        team_spend = {team: (Decimal(0), Decimal(0)) for team in limits.teams}
     report = _report(rows, headroom, str(cfg.usage_db_location))
+    report["teams"] = {
+        team: _budgets(team_spend[team][0], budget.daily_usd, team_spend[team][1], budget.monthly_usd)
+        for team, budget in sorted(limits.teams.items())
+        if budget.daily_usd > 0 or budget.monthly_usd > 0
+    }
     if output is Format.json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -76,6 +82,17 @@ def _ratio(used: float, limit: float) -> float:
     return min(max((limit - used) / limit, 0.0), 1.0)
 
 
+def _budgets(spent_day: Decimal, daily: Decimal, spent_month: Decimal, monthly: Decimal) -> dict[str, Any]:
+    budgets = {}
+    for period, spent, limit in (("daily", spent_day, daily), ("monthly", spent_month, monthly)):
+        budgets[period] = {
+            "limit_usd": float(limit) if limit > 0 else None,
+            "spent_usd": float(spent),  # settled calls plus the reservations of calls in flight
+            "headroom_ratio": _ratio(float(spent), float(limit)) if limit > 0 else None,
+        }
+    return budgets
+
+
 def _report(rows: list, headroom: Any, path: str) -> dict[str, Any]:
     escalations = []
     for row in rows:
@@ -85,16 +102,7 @@ def _report(rows: list, headroom: Any, path: str) -> dict[str, Any]:
     total: dict[str, Any] = {k: sum(r[k] for r in escalations) for k in USAGE_COUNTS}
     total["cost_usd"] = float(sum((r.cost_usd for r in rows), Decimal(0)))
     h = headroom
-    budgets = {}
-    for period, spent, limit in (
-        ("daily", h.spent_today_usd, h.daily_usd),
-        ("monthly", h.spent_month_usd, h.monthly_usd),
-    ):
-        budgets[period] = {
-            "limit_usd": float(limit) if limit > 0 else None,
-            "spent_usd": float(spent),  # settled calls plus the reservations of calls in flight
-            "headroom_ratio": _ratio(float(spent), float(limit)) if limit > 0 else None,
-        }
+    budgets = _budgets(h.spent_today_usd, h.daily_usd, h.spent_month_usd, h.monthly_usd)
     in_flight = float(h.reserved_usd)
     return {
         "date": clock.now().date().isoformat(),
@@ -140,13 +148,16 @@ def _print_tables(report: dict[str, Any]) -> None:
     q = report["quota"]
     note = f"next slot at {q['next_slot_at'][11:16]} UTC" if q["next_slot_at"] else "rolling 60 min"
     limits.add_row("escalations per hour", str(q["used"]), str(q["limit"]), f"{q['headroom_ratio']:.0%}", note)
-    for period, resets in (("daily", "resets 00:00 UTC"), ("monthly", "resets on the 1st")):
-        b = report["budgets"][period]
-        if b["limit_usd"] is None:
-            limits.add_row(f"{period} budget", f"${b['spent_usd']:.2f}", "none", "-", "no budget set")
-        else:
+    owners = [("", report["budgets"])] + [(f"team {team} ", b) for team, b in report["teams"].items()]
+    for whose, budgets in owners:
+        for period, resets in (("daily", "resets 00:00 UTC"), ("monthly", "resets on the 1st")):
+            b = budgets[period]
+            if b["limit_usd"] is None:
+                if not whose:  # a team without this period's budget is under the global one only
+                    limits.add_row(f"{period} budget", f"${b['spent_usd']:.2f}", "none", "-", "no budget set")
+                continue
             limits.add_row(
-                f"{period} budget",
+                f"{whose}{period} budget",
                 f"${b['spent_usd']:.2f}",
                 f"${b['limit_usd']:.2f}",
                 f"{b['headroom_ratio']:.0%}",
