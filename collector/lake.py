@@ -14,6 +14,11 @@ sees the first one's rows. Flushes of different collectors therefore serialise; 
 
 Columns are copied by name from the local table, so a column a newer costline adds to the ledger is added to the
 lake table (``ALTER TABLE ... ADD COLUMN``) before its first flush.
+
+The one change to a stored row, an attempt marked ``superseded_by`` when the span with the same call's usage arrives
+later, reaches the lake through the ledger's ``supersede_log``: each flush marks the lake's copies (whichever
+collector stored them) in one lake transaction, then drops the log entries it replayed. Marking is idempotent, so a
+crash between the two replays them; a row not yet copied carries its mark with it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import duckdb
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from collector.lake_connect import LAKE, LakeError
@@ -37,6 +43,7 @@ T = TypeVar("T")
 TABLES = ("attempts", "tasks")
 FLUSH_ROWS = 100_000  # rows copied per lake transaction; a backlog is flushed in several
 CONFLICT_RETRIES = 20  # flushes that lost a race to another collector's and are run again at once
+SUPERSEDES_PER_TRANSACTION = 10_000
 
 _IDENTITY = "CREATE TABLE IF NOT EXISTS lake_identity (collector_id VARCHAR NOT NULL)"
 _LAKE_TABLES = f"""
@@ -61,6 +68,7 @@ def collector_id(local: duckdb.DuckDBPyConnection) -> str:
 class FlushResult:
     rows: dict[str, int]  # rows copied into each lake table
     duplicates: dict[str, int]  # rows the lake already held (the same span stored by another collector)
+    superseded: int  # lake attempts marked superseded_by after their local rows were
     caught_up: bool  # every row committed locally before this flush started is now in the lake
 
 
@@ -85,7 +93,7 @@ class LakeFlusher:
 
     def flush(self) -> FlushResult:
         """Copy every row committed locally so far, in transactions of at most ``batch_rows`` rows each."""
-        result = FlushResult({t: 0 for t in TABLES}, {t: 0 for t in TABLES}, caught_up=False)
+        result = FlushResult({t: 0 for t in TABLES}, {t: 0 for t in TABLES}, superseded=0, caught_up=False)
         for table in TABLES:
             self.migrate(table)
             # Rows committed from here on have higher rowids; they are the next flush's.
@@ -96,8 +104,51 @@ class LakeFlusher:
                 result.duplicates[table] += duplicates
                 if position >= end:
                     break
+        result.superseded = self._replay_supersedes()
         result.caught_up = True
         return result
+
+    def _replay_supersedes(self) -> int:
+        """Mark the lake's copies of the rows the local ledger marked superseded since the last flush."""
+        marked = 0
+        while True:
+            log_rows = self._local.execute(
+                f"SELECT trace_id, span_id, start_time, superseded_by FROM supersede_log "
+                f"LIMIT {SUPERSEDES_PER_TRANSACTION}"
+            ).to_arrow_table()
+            if log_rows.num_rows == 0:
+                return marked
+            marked += self._in_transaction(lambda rows=log_rows: self._mark_superseded(rows))
+            self._local.register("replayed", log_rows)
+            try:
+                self._local.execute(
+                    "DELETE FROM supersede_log l USING replayed r "
+                    "WHERE l.trace_id = r.trace_id AND l.span_id = r.span_id AND l.start_time = r.start_time"
+                )
+            finally:
+                self._local.unregister("replayed")
+
+    def _mark_superseded(self, log_rows: pa.Table) -> int:
+        lake = self._lake
+        lake.register("superseded", log_rows)
+        try:
+            changed = lake.execute(
+                f"""
+                UPDATE {LAKE}.attempts l SET superseded_by = s.superseded_by
+                FROM superseded s
+                WHERE l.start_time BETWEEN $lo AND $hi
+                  AND l.start_time = s.start_time AND l.trace_id = s.trace_id AND l.span_id = s.span_id
+                  AND l.superseded_by IS NULL
+                """,
+                {
+                    "lo": pc.min(log_rows.column("start_time")).as_py(),
+                    "hi": pc.max(log_rows.column("start_time")).as_py(),
+                },
+            ).fetchone()
+        finally:
+            lake.unregister("superseded")
+        lake.execute(f"UPDATE {LAKE}.costline_flush_lock SET flushes = flushes + 1")
+        return int(changed[0]) if changed else 0
 
     # --- one lake transaction ---------------------------------------------------------------------------------
 

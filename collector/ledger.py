@@ -247,11 +247,14 @@ class LedgerWriter:
         if stored or related or need_parents:
             keep, duplicates, nested, superseded = _resolve(batch, stored, related)
             for trace_id, span_id, start_time, by in superseded:
-                self._con.execute(
+                params = {"by": by, "start": start_time, "trace": trace_id, "span": span_id}
+                marked = self._con.execute(
                     "UPDATE attempts SET superseded_by = $by "
                     "WHERE start_time = $start AND trace_id = $trace AND span_id = $span AND superseded_by IS NULL",
-                    {"by": by, "start": start_time, "trace": trace_id, "span": span_id},
-                )
+                    params,
+                ).fetchone()
+                if marked and marked[0]:
+                    self._con.execute("INSERT INTO supersede_log VALUES ($trace, $span, $start, $by)", params)
             batch = batch.filter(pa.array(keep, pa.bool_()))
             self._con.unregister("attempt_batch")
             self._con.register("attempt_batch", batch)

@@ -74,4 +74,13 @@ CREATE TABLE IF NOT EXISTS tasks (
     project      VARCHAR,
     user_id      VARCHAR
 );
+
+-- Attempts marked superseded after they were stored (see ledger.py), until the lake flusher has marked its copies
+-- too: rows are only ever appended, so the flusher's rowid position cannot see a later UPDATE.
+CREATE TABLE IF NOT EXISTS supersede_log (
+    trace_id      VARCHAR NOT NULL,
+    span_id       VARCHAR NOT NULL,
+    start_time    TIMESTAMPTZ NOT NULL,
+    superseded_by VARCHAR NOT NULL
+);
 """

@@ -21,6 +21,7 @@ from faults.metrics import scrape, value
 from faults.otlp import post
 from faults.serve import ServedCollector
 from lake_support import attempt_spans, body, chunks, distinct_dollars, lake_config, lake_reader, lake_totals
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pg_server import fresh_database, running_postgres
 from test_collector_support import collector_config
 from typer.testing import CliRunner
@@ -102,6 +103,45 @@ def test_the_lake_metrics_count_rows_per_table(tmp_path: Path) -> None:
     assert samples[("costline_lake_rows_flushed_total", "attempts")] == 40
     assert samples[("costline_lake_rows_flushed_total", "tasks")] == 0
     assert samples[("costline_lake_lag_seconds", "")] >= 0
+
+
+def test_an_attempt_superseded_after_its_flush_is_marked_in_the_lake_too(tmp_path: Path) -> None:
+    """A framework's span without usage arrives and is flushed; the SDK span inside it, with the call's usage, arrives
+    later and supersedes it locally: the lake must count the call once, at its price, not once more as an attempt."""
+    lake = lake_config(str(tmp_path / "catalog.sqlite"), tmp_path / "lake-data", flush_interval_s=3600)
+    (inner,) = attempt_spans(1)
+    outer = Span()
+    outer.CopyFrom(inner)
+    outer.span_id = bytes(reversed(inner.span_id))
+    outer.start_time_unix_nano -= 1_000_000
+    del outer.attributes[3:]  # no token counts
+    inner.parent_span_id = outer.span_id
+    ledger = tmp_path / "one.duckdb"
+    with Collector(collector_config(ledger, lake=asdict(lake))) as one:
+        assert one.lake is not None
+        send(one, [outer])
+        assert one.lake.flush_now()
+        send(one, [inner])
+        assert one.lake.flush_now()
+        with lake_reader(lake) as con:
+            in_lake = con.execute(
+                "SELECT span_id, input_tokens, superseded_by FROM lake.attempts ORDER BY start_time"
+            ).fetchall()
+        assert one.lake.flush_now()  # replayed once: nothing left to mark
+        left = one.connection.execute("SELECT count(*) FROM supersede_log").fetchone()
+    outer_id, inner_id = outer.span_id.hex(), inner.span_id.hex()
+    assert in_lake == [(outer_id, None, inner_id), (inner_id, 1000, None)]
+    assert left == (0,)
+    # The lake's rows that count are the local ledger's: one attempt, at the call's price.
+    with lake_reader(lake) as con:
+        counted = con.execute(
+            "SELECT count(*), sum(cost_usd) FROM lake.attempts WHERE superseded_by IS NULL"
+        ).fetchone()
+    local = duckdb.connect(str(ledger), read_only=True)
+    try:
+        assert counted == local.execute("SELECT count(*), sum(cost_usd) FROM attempt_costs").fetchone()
+    finally:
+        local.close()
 
 
 _FLUSH_AND_DIE = """
