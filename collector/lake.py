@@ -150,6 +150,16 @@ class LakeFlusher:
         lake.execute(f"UPDATE {LAKE}.costline_flush_lock SET flushes = flushes + 1")
         return int(changed[0]) if changed else 0
 
+    def delete_orphans(self, older_than_s: float) -> list[str]:
+        """Delete the data files no lake snapshot references and last written more than ``older_than_s`` ago: what a
+        flush killed before its commit left (a rolled-back one removes its own). The age keeps the files of
+        another collector's flush that is still running."""
+        rows = self._lake.execute(
+            f"CALL ducklake_delete_orphaned_files('{LAKE}', older_than => now() - to_seconds(CAST($age AS DOUBLE)))",
+            {"age": older_than_s},
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
     # --- one lake transaction ---------------------------------------------------------------------------------
 
     def _flush_batch(self, table: str, end: int) -> tuple[int, int, int]:

@@ -21,6 +21,10 @@ from collector.lake_connect import connect_lake, shown_catalog
 from costline.config import LakeConfig
 
 log = logging.getLogger("costline.collector.lake")
+# Once an hour, data files of flushes killed before their commit that are more than an hour old are deleted; no
+# flush runs for anything near an hour, so a file that old and unreferenced belongs to none.
+ORPHAN_CHECK_S = 3600.0
+ORPHAN_AGE_S = 3600.0
 
 
 class LakeSync(PrometheusCollector):
@@ -45,6 +49,7 @@ class LakeSync(PrometheusCollector):
         self._flushed = {table: 0 for table in TABLES}
         self._error: str | None = None
         self._lock = threading.Lock()
+        self._orphans_checked_at: float | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -74,11 +79,23 @@ class LakeSync(PrometheusCollector):
         if self._error is not None:
             log.info("the shared ledger is written again")
         self._error = None
+        if self._orphans_checked_at is None or started - self._orphans_checked_at >= ORPHAN_CHECK_S:
+            self._orphans_checked_at = started
+            self._delete_orphans(flusher)
         with self._lock:
             for table, rows in result.rows.items():
                 self._flushed[table] += rows
             self._caught_up_at = started
         return True
+
+    def _delete_orphans(self, flusher: LakeFlusher) -> None:
+        try:
+            deleted = flusher.delete_orphans(ORPHAN_AGE_S)
+        except duckdb.Error as exc:
+            log.warning("could not delete the data files of interrupted flushes (trying again in an hour): %s", exc)
+            return
+        if deleted:
+            log.info("deleted %d data file(s) left in the shared ledger by interrupted flushes", len(deleted))
 
     def _run(self) -> None:
         while not self._stop.wait(self._config.flush_interval_s):

@@ -26,6 +26,7 @@ from pg_server import fresh_database, running_postgres
 from test_collector_support import collector_config
 from typer.testing import CliRunner
 
+from collector import lake_sync
 from collector.lake import TABLES, LakeFlusher
 from collector.lake_connect import connect_lake
 from collector.ledger import open_ledger
@@ -171,7 +172,9 @@ def flush_in_process(ledger: Path, lake: LakeConfig, mode: str) -> int:
     return done.returncode
 
 
-def test_a_flusher_killed_before_its_commit_leaves_nothing_and_the_next_flush_is_exact(tmp_path: Path) -> None:
+def test_a_flusher_killed_before_its_commit_leaves_nothing_and_the_next_flush_is_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lake = lake_config(str(tmp_path / "catalog.sqlite"), tmp_path / "lake-data")
     ledgers = [tmp_path / "one.duckdb", tmp_path / "two.duckdb"]
     spans = attempt_spans(SPANS)
@@ -190,6 +193,33 @@ def test_a_flusher_killed_before_its_commit_leaves_nothing_and_the_next_flush_is
     rows, distinct, dollars = lake_totals(lake)
     assert (rows, distinct) == (SPANS, SPANS)
     assert dollars == distinct_dollars(*ledgers)[0]
+
+    # The killed flushes' Parquet files are on disk, referenced by no snapshot; the orphan sweep removes exactly them.
+    def on_disk() -> set[str]:
+        return {str(p) for p in Path(lake.data_path).rglob("*.parquet")}
+
+    with lake_reader(lake) as con:
+        referenced = {
+            row[0]
+            for table in (*TABLES, "costline_positions", "costline_flush_lock")
+            for row in con.execute("SELECT data_file FROM ducklake_list_files('lake', ?)", [table]).fetchall()
+        }
+    orphans = on_disk() - referenced
+    assert len(orphans) == 2
+    local = open_ledger(ledgers[0])
+    con = connect_lake(lake)
+    try:
+        assert LakeFlusher(local.cursor(), con).delete_orphans(older_than_s=3600) == []  # could be a running flush
+    finally:
+        con.close()
+        local.close()
+    assert on_disk() - referenced == orphans
+    # A collector's first flush sweeps files older than ORPHAN_AGE_S (here: any age).
+    monkeypatch.setattr(lake_sync, "ORPHAN_AGE_S", 0.0)
+    with Collector(collector_config(ledgers[0], lake=asdict(lake))) as one:
+        assert one.lake is not None and one.lake.flush_now()
+    assert on_disk() == referenced
+    assert lake_totals(lake) == (rows, distinct, dollars)
 
 
 def test_a_column_the_local_ledger_gains_is_added_to_the_lake_and_copied(tmp_path: Path) -> None:
