@@ -111,14 +111,18 @@ def _percent(ratio: float) -> str:
     return f"{ratio * 100:g} %"
 
 
+def _burning(burn_rule: str, long: str, short: str, factor: float) -> str:
+    """Multi-window burn (SRE workbook): the long window proves the burn is sustained, the short one that it is
+    still happening."""
+    return f"{m.windowed(burn_rule, long)} > {factor:g}\nand\n{m.windowed(burn_rule, short)} > {factor:g}"
+
+
 def alerts(t: Thresholds, stack: Stack) -> list[Alert]:
     day = duration_seconds("1d")
     burn_alerts = [
         Alert(
             name=f"CostlineDailyBudgetBurn{speed}",
-            expr=(
-                f"{m.windowed(m.DAILY_BURN, long)} > {factor:g}\nand\n{m.windowed(m.DAILY_BURN, short)} > {factor:g}"
-            ),
+            expr=_burning(m.DAILY_BURN, long, short, factor),
             for_=for_,
             severity=severity,
             summary=f"Spend is burning the daily budget more than {factor:g}x too fast.",
@@ -179,10 +183,7 @@ def alerts(t: Thresholds, stack: Stack) -> list[Alert]:
         ),
         Alert(
             name="CostlineTeamDailyBudgetBurnFast",
-            expr=(
-                f"{m.windowed(m.TEAM_DAILY_BURN, t.burn_fast_long_window)} > {t.burn_fast_factor:g}\nand\n"
-                f"{m.windowed(m.TEAM_DAILY_BURN, t.burn_fast_short_window)} > {t.burn_fast_factor:g}"
-            ),
+            expr=_burning(m.TEAM_DAILY_BURN, t.burn_fast_long_window, t.burn_fast_short_window, t.burn_fast_factor),
             for_=t.team_burn_for,
             severity="warning",
             summary="Team {{ $labels.team }} is burning its daily budget more than "
