@@ -6,6 +6,7 @@ COPY costline ./costline
 COPY router ./router
 COPY collector ./collector
 COPY dashboards ./dashboards
+COPY proxy ./proxy
 RUN pip install --no-cache-dir --prefix=/install ".[lake]"
 
 FROM python:3.11-slim

@@ -4,6 +4,7 @@ mounted path exists, ports stay on loopback, services have health checks and agr
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -190,9 +191,15 @@ def test_collector_and_demo_are_built_from_the_repo_dockerfile():
     assert SERVICES["collector"]["command"] == ["serve"]
     assert SERVICES["demo"]["command"][:3] == ["demo", "--otlp-endpoint", "http://collector:4318"]
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    copied = set()
     for source in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.MULTILINE):
         for path in source.split():
             assert (ROOT / path).exists(), f"Dockerfile copies {path}, which is not in the repo"
+            copied.add(path)
+    # Every package the wheel is built from must be in the build context, or the image lacks it (pip builds quietly).
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"]
+    for pattern in packages["find"]["include"]:
+        assert pattern.rstrip("*") in copied, f"Dockerfile does not copy the {pattern.rstrip('*')} package"
     assert 'ENTRYPOINT ["costline"]' in dockerfile
     ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     assert {".venv", ".git", "*.duckdb"} <= set(ignored)
