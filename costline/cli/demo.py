@@ -223,7 +223,7 @@ def _print_headroom(run: DemoRun) -> None:
             limit = Decimal(str(budget.daily_usd))
             grid.add_row(f"team {team}, daily budget", f"${spent:.2f} / ${limit:.2f}", _ratio(spent, limit))
         else:
-            grid.add_row(f"team {team}", f"${spent:.2f}", "no budget of its own: the global ones apply")
+            grid.add_row(f"team {team}", f"${spent:.2f}", "no budget of its own")
     console.print(grid)
     gauges = _headroom_gauges(run.metrics_text)
     if gauges:

@@ -512,7 +512,6 @@ class Demo:
                         result = future.result()
                         if isinstance(result, ProxyRequest):
                             proxied.append(result)
-                            counts["proxy"] += 1
                             result = result.result
                         results.append(result)
                         counts[_bucket(result)] += 1
@@ -532,8 +531,7 @@ def _bucket(result: TaskResult) -> str:
 def _stats(counts: Counter[str]) -> str:
     return (
         f"[green]{counts['local']} local[/green] · [cyan]{counts['claude']} Claude[/cyan] · "
-        f"[yellow]{counts['quota_exhausted']} quota[/yellow] · [red]{counts['failed']} failed[/red] · "
-        f"{counts['proxy']} via proxy"
+        f"[yellow]{counts['quota_exhausted']} quota[/yellow] · [red]{counts['failed']} failed[/red]"
     )
 
 
