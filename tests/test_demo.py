@@ -182,7 +182,7 @@ def test_demo_proxy_part_each_request_one_task_and_team_dollars_from_the_ledger(
     assert all(user in next(t.users for t in TEAMS if t.name == team) for team, _, user in attribution)
     # Both teams are declared in the config; search's daily budget is shown with its headroom.
     assert re.search(r"team search, daily budget\s+\$\d+\.\d\d / \$\d+\.\d\d\s+\d+\.\d % headroom", out)
-    assert re.search(r"team support\s+\$\d+\.\d\d\s+no budget of its own", out)
+    assert re.search(r"team support, today\s+\$\d+\.\d\d\s+no budget of its own", out)
 
 
 @pytest.mark.slow

@@ -216,14 +216,15 @@ def _print_headroom(run: DemoRun) -> None:
         f"${room.spent_month_usd:.2f} / ${room.monthly_usd:.2f}",
         _ratio(room.spent_month_usd, room.monthly_usd),
     )
+    # As the team's own budget checks count its escalations (the router's usage store, like the rows above).
     for team, budget in sorted(run.config.team_budgets.items()):
-        totals = run.teams.get(team)
-        spent = totals.escalation_cost_today_usd if totals else Decimal(0)
-        if budget.daily_usd:
-            limit = Decimal(str(budget.daily_usd))
-            grid.add_row(f"team {team}, daily budget", f"${spent:.2f} / ${limit:.2f}", _ratio(spent, limit))
-        else:
-            grid.add_row(f"team {team}", f"${spent:.2f}", "no budget of its own")
+        spent_day, spent_month = run.team_spend.get(team, (Decimal(0), Decimal(0)))
+        own = [("daily", spent_day, budget.daily_usd), ("monthly", spent_month, budget.monthly_usd)]
+        own = [(period, spent, Decimal(str(limit))) for period, spent, limit in own if limit]
+        for period, spent, limit in own:
+            grid.add_row(f"team {team}, {period} budget", f"${spent:.2f} / ${limit:.2f}", _ratio(spent, limit))
+        if not own:
+            grid.add_row(f"team {team}, today", f"${spent_day:.2f}", "no budget of its own")
     console.print(grid)
     gauges = _headroom_gauges(run.metrics_text)
     if gauges:

@@ -95,7 +95,6 @@ class TeamTotals:
 
     tasks: int
     cost_usd: Decimal
-    escalation_cost_today_usd: Decimal
 
 
 @dataclass
@@ -110,6 +109,7 @@ class DemoRun:
     results: list[TaskResult] = field(default_factory=list)
     elapsed_s: float = 0.0
     headroom: Headroom | None = None
+    team_spend: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)  # each declared team's (day, month)
     metrics_url: str | None = None
     metrics_text: str | None = None
     ledger: LedgerTotals | None = None
@@ -153,7 +153,7 @@ class DemoRun:
                 f"routed {len(self.results)} tasks with {self.attempts} attempts"
             )
         for team, (tasks, _) in self.routed_by_team().items():
-            stored = self.teams.get(team, TeamTotals(0, Decimal(0), Decimal(0))).tasks
+            stored = self.teams.get(team, TeamTotals(0, Decimal(0))).tasks
             if stored != tasks:
                 whose = f"team {team}" if team else "the Python API (no team)"
                 problems.append(f"the ledger has {stored} tasks of {whose}, but {tasks} were sent")
@@ -305,14 +305,7 @@ def _routed_cost(result: TaskResult) -> Decimal:
 def _team_totals(reader: LedgerReader, window: Window) -> dict[str | None, TeamTotals]:
     """Tasks and dollars by team, with the report code behind `costline report --by team`."""
     (by_team,) = cost_report(reader, window, ("team",)).tables
-    now = datetime.now(UTC)
-    today = Window(max(window.start, now.replace(hour=0, minute=0, second=0, microsecond=0)), window.end)
-    (by_tier,) = cost_report(reader, today, ("team", "tier")).tables
-    escalation = {row["team"]: row["cost_usd"] for row in by_tier.rows if row["tier"] == attr.TIER_ESCALATION}
-    return {
-        row["team"]: TeamTotals(row["tasks"], row["cost_usd"], escalation.get(row["team"], Decimal(0)))
-        for row in by_team.rows
-    }
+    return {row["team"]: TeamTotals(row["tasks"], row["cost_usd"]) for row in by_team.rows}
 
 
 def _ledger_totals(reader: LedgerReader) -> LedgerTotals:
@@ -454,6 +447,7 @@ class Demo:
             raise DemoError(str(exc)) from None
         run.elapsed_s = time.monotonic() - started
         run.headroom = router.usage.headroom()
+        run.team_spend = router.usage.team_spend()
         router.close()
         proxy.stop()
         proxy_router.close()
