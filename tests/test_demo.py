@@ -17,11 +17,13 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from costline import spans as attr
 from costline.demo.fake_anthropic import ClaudeError, ClaudeReply
 from costline.demo.fake_ollama import OllamaError, OllamaHang, OllamaReply, OllamaStreamError
 from costline.demo.profiles import LOCAL_PROFILES
-from costline.demo.run import MARKER, SQL_TO_TRY, DemoError, prepare_directory
-from costline.demo.workload import KINDS, Simulation, make_tasks
+from costline.demo.run import MARKER, SQL_TO_TRY, DemoError, _toml_config, _write_config, prepare_directory
+from costline.demo.via_proxy import DemoProxy, RecordingRouter, TeamClients
+from costline.demo.workload import KINDS, TEAMS, Simulation, make_tasks
 
 COSTLINE = Path(sys.executable).with_name("costline")
 
@@ -88,7 +90,7 @@ def test_demo_ledger_agrees_with_what_was_routed_and_printed(tmp_path):
     assert declared == attempts
 
     # The printed figures are the ledger's.
-    assert f"Ledger: {tasks} tasks and {attempts} attempts stored, total cost ${cost:.6f} — matches the router" in out
+    assert f"Ledger: {tasks} tasks and {attempts} attempts stored, total cost ${cost:.6f} — matches the routers" in out
     [(local_ok,)] = ledger_rows(ledger, "SELECT count(*) FROM tasks WHERE outcome = 'completed' AND NOT escalated")
     [(claude_ok,)] = ledger_rows(ledger, "SELECT count(*) FROM tasks WHERE outcome = 'completed' AND escalated")
     [(refused,)] = ledger_rows(ledger, "SELECT count(*) FROM attempts WHERE error_type = 'quota_exhausted'")
@@ -108,7 +110,7 @@ def test_demo_ledger_agrees_with_what_was_routed_and_printed(tmp_path):
     assert out.count("costline sql --config") == 3  # costline, or the venv's script when it is not on PATH
     # The commands it prints work when pasted as printed, from where the demo ran.
     printed = [line.strip() for line in out.splitlines() if re.match(r"\s+\S*costline sql --config ", line)]
-    hint = re.search(r"\((\S*costline report --config \S+ --by model)\)", out)
+    hint = re.search(r"\((\S*costline report --config \S+ --by team)\)", out)
     assert hint is not None and len(printed) == 3
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COSTLINE_", "ANTHROPIC_", "OTEL_"))}
     for command in [*printed, hint.group(1)]:
@@ -123,6 +125,64 @@ def test_demo_ledger_agrees_with_what_was_routed_and_printed(tmp_path):
         ledger, "SELECT count(DISTINCT error_type) FROM attempts WHERE provider = 'ollama' AND outcome = 'error'"
     )
     assert error_kinds >= 2
+
+
+@pytest.mark.slow
+def test_demo_proxy_part_each_request_one_task_and_team_dollars_from_the_ledger(tmp_path):
+    directory = tmp_path / "demo"
+    done = run_demo(directory, "--tasks", "60", "--seed", "11")
+    assert done.returncode == 0, done.stderr + done.stdout
+    out = done.stdout
+    summary = json.loads((directory / "summary.json").read_text())
+    ledger = directory / "costline.duckdb"
+    sent = Counter(t.team.name for t in make_tasks(60, seed=11) if t.team is not None)
+    assert set(sent) == {"search", "support"}  # both teams' tools send requests
+
+    # Every proxy request is one task in the ledger, once, under its team.
+    proxied = summary["proxy"]["task_ids"]
+    assert summary["proxy"]["requests"] == len(proxied) == len(set(proxied)) == sum(sent.values())
+    stored = dict(ledger_rows(ledger, "SELECT task_id, count(*) FROM tasks WHERE team IS NOT NULL GROUP BY task_id"))
+    assert sorted(stored) == proxied and set(stored.values()) == {1}
+    by_team = {
+        team: (tasks, cost)
+        for team, tasks, cost in ledger_rows(
+            ledger, "SELECT team, count(DISTINCT task_id), sum(cost_usd) FROM attempts GROUP BY team"
+        )
+    }
+    assert {team: tasks for team, (tasks, _) in by_team.items() if team} == dict(sent)
+    assert by_team[None][0] == summary["no_team"]["tasks"] == 60 - sum(sent.values())
+    [(attempts,)] = ledger_rows(ledger, "SELECT count(*) FROM attempts")
+
+    # The summary's dollars per team are the ledger's sums by team (to the nano-dollar per attempt).
+    assert set(summary["teams"]) == {"search", "support"}
+    for team, routed in [*summary["teams"].items(), (None, summary["no_team"])]:
+        tasks, cost = by_team[team]
+        assert routed["tasks"] == tasks
+        assert abs(Decimal(routed["routed_cost_usd"]) - cost) <= Decimal("1e-9") * attempts, team
+    # And so are the printed ones.
+    printed = re.search(r"Ledger by team: (.*) — each proxy request is one task\.", out)
+    assert printed is not None, out
+    shown = dict(
+        (name, (int(tasks), Decimal(cost)))
+        for name, tasks, cost in re.findall(r"(search|support|no team \(Python API\)) (\d+) tasks \$(\d+\.\d{6})", out)
+    )
+    assert shown == {
+        "search": (by_team["search"][0], round(by_team["search"][1], 6)),
+        "support": (by_team["support"][0], round(by_team["support"][1], 6)),
+        "no team (Python API)": (by_team[None][0], round(by_team[None][1], 6)),
+    }
+    assert f"{sent['search']} OpenAI API requests from team search" in out
+    assert f"{sent['support']} Ollama API requests from team support" in out
+
+    # Each team's project and users came through: headers, and OpenAI's own `user` field for team search.
+    attribution = set(
+        ledger_rows(ledger, "SELECT DISTINCT team, project, user_id FROM attempts WHERE team IS NOT NULL")
+    )
+    assert {(team, project) for team, project, _ in attribution} == {(t.name, t.project) for t in TEAMS}
+    assert all(user in next(t.users for t in TEAMS if t.name == team) for team, _, user in attribution)
+    # Both teams are declared in the config; search's daily budget is shown with its headroom.
+    assert re.search(r"team search, daily budget\s+\$\d+\.\d\d / \$\d+\.\d\d\s+\d+\.\d % headroom", out)
+    assert re.search(r"team support, today\s+\$\d+\.\d\d\s+no budget of its own", out)
 
 
 @pytest.mark.slow
@@ -215,6 +275,45 @@ def test_workload_is_seeded_and_mixed():
     assert sum(t.kind.prefer_escalation for t in first) > 0
     assert any(t.critical for t in first)
     assert make_tasks(300, seed=8) != first
+    # About a third come through the proxy from the two teams, each with one of its users.
+    senders = Counter(t.team.name if t.team else None for t in first)
+    assert set(senders) == {None, "search", "support"}
+    assert 60 <= senders["search"] + senders["support"] <= 140
+    assert all(t.user in t.team.users for t in first if t.team) and all(t.user is None for t in first if not t.team)
+
+
+def test_each_teams_tool_goes_through_a_real_proxy_and_gets_the_status_of_its_task(
+    tmp_path, fake_ollama, fake_anthropic, tracer_provider, spans
+):
+    # The demo's own config: both teams declared, support's table empty; an escalation quota of 0.
+    config = _write_config(
+        tmp_path / "costline.toml",
+        _toml_config(tmp_path, fake_ollama.url, fake_anthropic.url, 0, "http://127.0.0.1:4318", (0, 0)),
+    )
+    assert config.team_budgets["search"].daily_usd > 0
+    assert (config.team_budgets["support"].daily_usd, config.team_budgets["support"].monthly_usd) == (0, 0)
+    tasks = [t for t in make_tasks(300, seed=7) if t.team and not t.kind.prefer_escalation and not t.critical]
+    search = next(t for t in tasks if t.team.name == "search")
+    support = [t for t in tasks if t.team.name == "support"][:2]
+    token = "demo-proxy-test-token"
+    with (
+        RecordingRouter(config, tracer_provider=tracer_provider) as router,
+        DemoProxy(router, token) as proxy,
+        TeamClients(proxy, token) as clients,
+    ):
+        answered = [clients.send(search), clients.send(support[0])]
+        for profile in LOCAL_PROFILES:  # the whole local chain fails; Claude is refused by the quota of 0
+            fake_ollama.script(profile.model, OllamaError(500))
+        refused = clients.send(support[1])
+    assert [p.status for p in answered] == [200, 200] and all(p.result.ok for p in answered)
+    assert refused.status == 429 and refused.result.outcome == "quota_exhausted"
+    for sent in [*answered, refused]:
+        task_span = spans.task(sent.result.task_id)
+        assert task_span.attributes[attr.TEAM] == sent.task.team.name
+        assert task_span.attributes[attr.PROJECT] == sent.task.team.project
+        assert task_span.attributes[attr.USER_ID] == sent.task.user
+        assert task_span.attributes[attr.TASK_TYPE] == sent.task.kind.type
+        assert len(spans.attempts(sent.result.task_id)) == len(sent.result.attempts)
 
 
 def test_simulation_decides_per_task_model_and_call_whatever_the_order():
@@ -303,7 +402,7 @@ def test_ctrl_c_while_routing_stops_every_server(tmp_path):
         if "metrics http://" in line:
             break
     ports = [int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)", banner)]
-    assert len(ports) == 4  # simulated Ollama and Claude, the collector's OTLP and metrics servers
+    assert len(ports) == 5  # simulated Ollama and Claude, the proxy, the collector's OTLP and metrics servers
     threading.Event().wait(1.0)  # let the routing get going
     proc.send_signal(signal.SIGINT)
     try:

@@ -1,11 +1,12 @@
-"""`costline demo`: a mixed workload through the real pipeline on SIMULATED models, then reports from the ledger."""
+"""`costline demo`: a mixed workload through the real pipeline on SIMULATED models — part of it through
+`costline proxy` from two teams' tools — then reports from the ledger."""
 
 from __future__ import annotations
 
 import shlex
 import shutil
 import sys
-from datetime import UTC, datetime, timedelta
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -15,7 +16,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from collector.reports import Report, Window, cost_report, escalation_report, savings_report
+from collector.reports import Report, cost_report, escalation_report, savings_report
 from costline.cli.app import app, console, fail
 from costline.cli.report import ReportFormat, render_report
 from costline.demo.profiles import CLAUDE_PROFILE, LOCAL_PROFILES, SPEEDUP
@@ -79,6 +80,12 @@ def _print_banner(run: DemoRun) -> None:
     lines.append("SIMULATED Claude  ", style="bold magenta")
     quota = run.config.escalation.max_calls_per_hour
     lines.append(f"{run.claude_url}  {CLAUDE_PROFILE.model} (escalation quota: {quota} calls/hour)\n")
+    if run.proxy_url:
+        from costline.demo.workload import TEAMS  # loads the router: only once the demo runs
+
+        teams = " · ".join(f"team {t.name}: {t.api} API" for t in TEAMS)
+        lines.append("costline proxy    ", style="bold")
+        lines.append(f"{run.proxy_url}  {teams}\n")
     if run.metrics_url:
         lines.append("collector         ", style="bold")
         lines.append(f"OTLP {run.config.telemetry.otlp_endpoint}  metrics {run.metrics_url}\n")
@@ -93,7 +100,7 @@ def _print_banner(run: DemoRun) -> None:
         f"{SPEEDUP:g}x faster), and fail at realistic rates: busy, crashed, broken streams, hangs, bad answers, "
         "429 and 529."
     )
-    title = f"costline demo — {run.options.tasks} tasks on SIMULATED models"
+    title = f"costline demo — {run.options.tasks} tasks on SIMULATED models, some through costline proxy"
     console.print(Panel(lines, title=title, title_align="left", border_style="magenta"), highlight=False)
 
 
@@ -117,8 +124,36 @@ def _routing_line(run: DemoRun) -> str:
     )
 
 
+def _proxy_line(run: DemoRun) -> str:
+    """What went through the proxy, as its clients saw it."""
+    from costline.demo.workload import TEAMS
+
+    if not run.proxied:
+        return f"No task went through costline proxy; all {len(run.results)} used the Python API."
+    sent = Counter(p.team for p in run.proxied)
+    teams = " and ".join(f"{sent[t.name]} {t.api} API requests from team {t.name}" for t in TEAMS)
+    statuses = ", ".join(f"{n} × HTTP {s}" for s, n in sorted(Counter(p.status for p in run.proxied).items()))
+    return (
+        f"Through costline proxy: {teams} ({statuses}); the other {len(run.results) - len(run.proxied)} tasks "
+        "used the Python API."
+    )
+
+
+def _teams_line(run: DemoRun) -> str:
+    """Each team's tasks and dollars as the ledger has them (`costline report --by team`)."""
+    from costline.demo.workload import TEAMS
+
+    shown = []
+    for name in [*(t.name for t in TEAMS), None]:
+        totals = run.teams.get(name)
+        tasks, cost = (totals.tasks, totals.cost_usd) if totals else (0, Decimal(0))
+        shown.append(f"{name or 'no team (Python API)'} {tasks} tasks ${cost:.6f}")
+    return "Ledger by team: " + " · ".join(shown) + " — each proxy request is one task."
+
+
 def _print_router_summary(run: DemoRun) -> None:
     console.print(_routing_line(run), highlight=False)
+    console.print(_proxy_line(run), highlight=False)
     console.print(
         f"Spans sent to {run.config.telemetry.otlp_endpoint}; query that collector's ledger with `costline report`.",
         highlight=False,
@@ -126,25 +161,24 @@ def _print_router_summary(run: DemoRun) -> None:
 
 
 def _print_reports(run: DemoRun) -> None:
-    assert run.ledger is not None and run.reader is not None
+    assert run.ledger is not None and run.reader is not None and run.window is not None
     ledger = run.ledger
     console.print(_routing_line(run), highlight=False)
-    match = ledger.tasks == len(run.results) and ledger.attempts == run.attempts
-    verdict = "[green]matches the router[/green]" if match else "[red]DOES NOT match the router[/red]"
+    console.print(_proxy_line(run), highlight=False)
+    problems = run.ledger_disagreements()
+    verdict = "[green]matches the routers[/green]" if not problems else "[red]DOES NOT match the routers[/red]"
     console.print(
         f"Ledger: {ledger.tasks} tasks and {ledger.attempts} attempts stored, total cost "
         f"${ledger.cost_usd:.6f} — {verdict}.",
         highlight=False,
     )
-    if not match:
+    if problems:
         from costline.demo.run import DemoError
 
-        raise DemoError(
-            f"the ledger has {ledger.tasks} tasks and {ledger.attempts} attempts, but the router routed "
-            f"{len(run.results)} tasks with {run.attempts} attempts"
-        )
+        raise DemoError("; ".join(problems))
+    console.print(_teams_line(run), highlight=False)
 
-    window = Window(run.started_at - timedelta(minutes=1), datetime.now(UTC) + timedelta(minutes=1))
+    window = run.window
     cost = cost_report(run.reader, window, ("provider", "model")).tables
     escalations = escalation_report(run.reader, window).tables
     savings = savings_report(run.reader, window, run.config.escalation.model).tables
@@ -182,6 +216,15 @@ def _print_headroom(run: DemoRun) -> None:
         f"${room.spent_month_usd:.2f} / ${room.monthly_usd:.2f}",
         _ratio(room.spent_month_usd, room.monthly_usd),
     )
+    # As the team's own budget checks count its escalations (the router's usage store, like the rows above).
+    for team, budget in sorted(run.config.team_budgets.items()):
+        spent_day, spent_month = run.team_spend.get(team, (Decimal(0), Decimal(0)))
+        own = [("daily", spent_day, budget.daily_usd), ("monthly", spent_month, budget.monthly_usd)]
+        own = [(period, spent, Decimal(str(limit))) for period, spent, limit in own if limit]
+        for period, spent, limit in own:
+            grid.add_row(f"team {team}, {period} budget", f"${spent:.2f} / ${limit:.2f}", _ratio(spent, limit))
+        if not own:
+            grid.add_row(f"team {team}, today", f"${spent_day:.2f}", "no budget of its own")
     console.print(grid)
     gauges = _headroom_gauges(run.metrics_text)
     if gauges:
@@ -228,7 +271,7 @@ def _print_where(run: DemoRun) -> None:
     # soft_wrap: a command broken at the terminal's width would not paste back whole.
     console.print(f"  ledger   {ledger}   (a DuckDB file: any DuckDB client reads it)", highlight=False, soft_wrap=True)
     console.print(
-        f"  config   {config}   ({costline} report --config {config} --by model)", highlight=False, soft_wrap=True
+        f"  config   {config}   ({costline} report --config {config} --by team)", highlight=False, soft_wrap=True
     )
     serving = "serving until Ctrl-C" if run.options.keep_serving else "stopped now; --keep-serving keeps it up"
     console.print(f"  metrics  {run.metrics_url}   ({serving})", highlight=False)

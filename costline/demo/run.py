@@ -2,7 +2,8 @@
 
 Simulated Ollama and Claude servers (real HTTP, real client libraries), a collector on free loopback ports with a
 fresh DuckDB ledger in the demo directory, and a few hundred mixed tasks routed concurrently through the real router,
-whose spans travel over real OTLP/HTTP. When every span is stored, the caller prints the reports from the ledger.
+whose spans travel over real OTLP/HTTP: most with the Python API, the rest sent by two teams' tools through a real
+`costline proxy`. When every span is stored, the caller prints the reports from the ledger.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,14 +36,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from collector.reports import Window, cost_report
 from costline import spans as attr
 from costline.config import Config, load_config
 from costline.demo.fake_anthropic import FakeAnthropic
 from costline.demo.fake_ollama import FakeOllama
 from costline.demo.profiles import CLAUDE_PROFILE, LOCAL_PROFILES
-from costline.demo.workload import Simulation, make_tasks
+from costline.demo.via_proxy import DemoProxy, ProxyCheckError, ProxyRequest, RecordingRouter, TeamClients
+from costline.demo.workload import TEAMS, DemoTask, Simulation, make_tasks
 from costline.ledger_reader import LedgerReader
-from router import Router, Task, TaskResult
+from router import Router, TaskResult
 from router.usage_store import Headroom
 
 MARKER = ".costline-demo"  # the demo only ever deletes a directory that carries this file
@@ -56,6 +59,8 @@ STORE_TIMEOUT_S = 60.0
 DEMO_DAILY_BUDGET_USD = 2.0
 DEMO_MONTHLY_BUDGET_USD = 40.0
 DEMO_LOCAL_USD_PER_HOUR = 0.40  # power and amortisation of a 24 GB GPU box
+# Team search has a daily budget of its own, within the global one; team support has none (an empty table).
+DEMO_SEARCH_DAILY_BUDGET_USD = 0.25
 
 
 class DemoError(Exception):
@@ -84,6 +89,14 @@ class LedgerTotals:
     outcomes: dict[str, int]
 
 
+@dataclass(frozen=True)
+class TeamTotals:
+    """One team's tasks and dollars in the ledger (team None: tasks without a team)."""
+
+    tasks: int
+    cost_usd: Decimal
+
+
 @dataclass
 class DemoRun:
     options: DemoOptions
@@ -96,10 +109,15 @@ class DemoRun:
     results: list[TaskResult] = field(default_factory=list)
     elapsed_s: float = 0.0
     headroom: Headroom | None = None
+    team_spend: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)  # each declared team's (day, month)
     metrics_url: str | None = None
     metrics_text: str | None = None
     ledger: LedgerTotals | None = None
+    teams: dict[str | None, TeamTotals] = field(default_factory=dict)  # from the ledger
     reader: LedgerReader | None = None
+    window: Window | None = None  # the reports' window: the whole run
+    proxy_url: str | None = None
+    proxied: list[ProxyRequest] = field(default_factory=list)  # the part of ``results`` sent through the proxy
 
     @property
     def ledger_path(self) -> Path:
@@ -111,6 +129,35 @@ class DemoRun:
 
     def outcomes(self) -> Counter[str]:
         return Counter(r.outcome for r in self.results)
+
+    def routed_by_team(self) -> dict[str | None, tuple[int, Decimal]]:
+        """Tasks and dollars per team as the routers reported them (None: the tasks routed with the Python API)."""
+        team_of = {p.result.task_id: p.team for p in self.proxied}
+        totals: dict[str | None, tuple[int, Decimal]] = {team.name: (0, Decimal(0)) for team in TEAMS}
+        totals[None] = (0, Decimal(0))
+        for result in self.results:
+            team = team_of.get(result.task_id)
+            tasks, cost = totals[team]
+            totals[team] = (tasks + 1, cost + _routed_cost(result))
+        return totals
+
+    def ledger_disagreements(self) -> list[str]:
+        """Where the ledger differs from what the routers did: empty when every task, attempt and proxy request is
+        in it exactly once."""
+        if self.ledger is None:
+            return []
+        problems = []
+        if (self.ledger.tasks, self.ledger.attempts) != (len(self.results), self.attempts):
+            problems.append(
+                f"the ledger has {self.ledger.tasks} tasks and {self.ledger.attempts} attempts, but the routers "
+                f"routed {len(self.results)} tasks with {self.attempts} attempts"
+            )
+        for team, (tasks, _) in self.routed_by_team().items():
+            stored = self.teams.get(team, TeamTotals(0, Decimal(0))).tasks
+            if stored != tasks:
+                whose = f"team {team}" if team else "the Python API (no team)"
+                problems.append(f"the ledger has {stored} tasks of {whose}, but {tasks} were sent")
+        return problems
 
 
 # Three queries to try on the demo ledger (the test runs each of them).
@@ -181,6 +228,14 @@ max_calls_per_hour = {quota}            # small on purpose: the end of the workl
 daily_usd = {DEMO_DAILY_BUDGET_USD}
 monthly_usd = {DEMO_MONTHLY_BUDGET_USD}
 
+[budgets.teams."search"]           # a team's escalations count against its own budget and the global ones
+daily_usd = {DEMO_SEARCH_DAILY_BUDGET_USD}
+
+[budgets.teams."support"]          # declared, with no budget of its own: only the global budgets apply
+
+[validators]
+extract_json = "json"            # tasks through the proxy carry no Python validator: their JSON is checked here
+
 [local_compute]
 usd_per_hour = {DEMO_LOCAL_USD_PER_HOUR}
 
@@ -217,11 +272,11 @@ def _tracer_provider(otlp_endpoint: str) -> TracerProvider:
 
 
 @contextlib.contextmanager
-def _quiet_loggers(*names: str) -> Iterator[None]:
+def _quiet_loggers(*names: str, level: int = logging.ERROR) -> Iterator[None]:
     """Per-attempt warnings would tear up the progress bar; the reports show every failure instead."""
     saved = {name: logging.getLogger(name).level for name in names}
     for name in names:
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(level)
     try:
         yield
     finally:
@@ -241,6 +296,16 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _routed_cost(result: TaskResult) -> Decimal:
+    return sum((a.cost_usd or Decimal(0) for a in result.attempts), Decimal(0))
+
+
+def _team_totals(reader: LedgerReader, window: Window) -> dict[str | None, TeamTotals]:
+    """Tasks and dollars by team, with the report code behind `costline report --by team`."""
+    (by_team,) = cost_report(reader, window, ("team",)).tables
+    return {row["team"]: TeamTotals(row["tasks"], row["cost_usd"]) for row in by_team.rows}
 
 
 def _ledger_totals(reader: LedgerReader) -> LedgerTotals:
@@ -326,7 +391,10 @@ class Demo:
         claude = self._stack.enter_context(FakeAnthropic(api_key=demo_key))
         claude.set_default(CLAUDE_PROFILE.model, simulation.anthropic)
         self._stack.enter_context(_environment(ANTHROPIC_API_KEY=demo_key))
-        self._stack.enter_context(_quiet_loggers("router", "collector", "costline"))
+        self._stack.enter_context(_quiet_loggers("router", "collector", "costline", "proxy"))
+        # uvicorn logs the requests it cancels when Ctrl-C stops the proxy; any other failure of the proxy shows as
+        # an HTTP status the demo checks against the task's outcome.
+        self._stack.enter_context(_quiet_loggers("uvicorn", level=logging.CRITICAL))
 
         config_path = directory / CONFIG_NAME
         quota = opts.escalation_quota()
@@ -354,19 +422,35 @@ class Demo:
             run.config = config
             run.metrics_url = _base_url(collector.metrics_url) + "/metrics"
 
-        if on_started is not None:
-            on_started(run)
-
         provider = _tracer_provider(endpoint)
         self._stack.callback(provider.shutdown)
         router = Router(config, tracer_provider=provider)
         self._stack.callback(router.close)
+        # The proxy's router shares the usage store (one quota, one budget) and the span exporter with the demo's.
+        proxy_router = RecordingRouter(config, tracer_provider=provider)
+        self._stack.callback(proxy_router.close)
+        proxy_token = secrets.token_hex(16)  # the teams' tools send it as OpenAI and Ollama clients do: Bearer
+        try:
+            proxy = self._stack.enter_context(DemoProxy(proxy_router, proxy_token))
+        except ProxyCheckError as exc:
+            raise DemoError(str(exc)) from None
+        clients = self._stack.enter_context(TeamClients(proxy, proxy_token))
+        run.proxy_url = proxy.url
+
+        if on_started is not None:
+            on_started(run)
 
         started = time.monotonic()
-        run.results = self._route_all(router, [t.to_task() for t in tasks])
+        try:
+            run.results, run.proxied = self._route_all(router, clients, tasks)
+        except ProxyCheckError as exc:
+            raise DemoError(str(exc)) from None
         run.elapsed_s = time.monotonic() - started
         run.headroom = router.usage.headroom()
+        run.team_spend = router.usage.team_spend()
         router.close()
+        proxy.stop()
+        proxy_router.close()
         provider.force_flush()
 
         if self.collector is not None and run.metrics_url is not None:
@@ -374,7 +458,9 @@ class Demo:
             # The reports read the ledger file itself, so the collector lets go of it first.
             self.collector.stop()
             run.reader = LedgerReader.from_config(config)
+            run.window = Window(run.started_at - timedelta(minutes=1), datetime.now(UTC) + timedelta(minutes=1))
             run.ledger = _ledger_totals(run.reader)
+            run.teams = _team_totals(run.reader, run.window)
         _write_summary(run)
         return run
 
@@ -388,8 +474,16 @@ class Demo:
         self.collector = collector
         return _base_url(collector.metrics_url) + "/metrics"
 
-    def _route_all(self, router: Router, tasks: list[Task]) -> list[TaskResult]:
+    def _route_all(
+        self, router: Router, clients: TeamClients, tasks: list[DemoTask]
+    ) -> tuple[list[TaskResult], list[ProxyRequest]]:
+        """Route every task, 16 at a time: with the Python API, or through the proxy by its team's tool."""
+
+        def route(task: DemoTask) -> TaskResult | ProxyRequest:
+            return router.run(task.to_task()) if task.team is None else clients.send(task)
+
         results: list[TaskResult] = []
+        proxied: list[ProxyRequest] = []
         counts: Counter[str] = Counter()
         progress = Progress(
             SpinnerColumn(),
@@ -404,19 +498,22 @@ class Demo:
         try:
             with progress:
                 bar = progress.add_task("routing", total=len(tasks), stats="")
-                pending: set[Future[TaskResult]] = {pool.submit(router.run, task) for task in tasks}
+                pending: set[Future[TaskResult | ProxyRequest]] = {pool.submit(route, task) for task in tasks}
                 while pending:
                     done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                     _raise_if_ctrl_c()
                     for future in done:
                         result = future.result()
+                        if isinstance(result, ProxyRequest):
+                            proxied.append(result)
+                            result = result.result
                         results.append(result)
                         counts[_bucket(result)] += 1
                     progress.update(bar, completed=len(results), stats=_stats(counts))
         finally:
             # On Ctrl-C: drop what has not started; the running ones end fast once the servers stop.
             pool.shutdown(wait=False, cancel_futures=True)
-        return results
+        return results, proxied
 
 
 def _bucket(result: TaskResult) -> str:
@@ -433,14 +530,28 @@ def _stats(counts: Counter[str]) -> str:
 
 
 def _write_summary(run: DemoRun) -> None:
-    """What the router did, from its own results: the ledger must agree with it."""
-    routed_cost = sum((a.cost_usd or Decimal(0) for r in run.results for a in r.attempts), Decimal(0))
+    """What the routers did, from their own results: the ledger must agree with it."""
+    routed_cost = sum((_routed_cost(r) for r in run.results), Decimal(0))
+    by_team = run.routed_by_team()
     summary = {
         "tasks": len(run.results),
         "attempts": run.attempts,
         "outcomes": dict(run.outcomes()),
         "escalated_tasks": sum(r.escalated for r in run.results),
         "routed_cost_usd": format(routed_cost, "f"),
+        "proxy": {
+            "url": run.proxy_url,
+            "requests": len(run.proxied),
+            "statuses": {str(k): n for k, n in sorted(Counter(p.status for p in run.proxied).items())},
+            "task_ids": sorted(p.result.task_id for p in run.proxied),
+        },
+        # As the routers saw it: each team's tasks through the proxy, and the tasks routed with the Python API.
+        "teams": {
+            team: {"tasks": tasks, "routed_cost_usd": format(cost, "f")}
+            for team, (tasks, cost) in by_team.items()
+            if team is not None
+        },
+        "no_team": {"tasks": by_team[None][0], "routed_cost_usd": format(by_team[None][1], "f")},
         "seed": run.options.seed,
         "ledger": str(run.ledger_path),
         "config": str(run.config_path),

@@ -4,6 +4,10 @@ Tasks are drawn from a seeded generator, so two runs with the same seed route th
 its task number (``(demo task #17)``); the simulated servers read it back to decide, deterministically per task,
 model and call, whether to answer well, answer badly (the task's validator rejects it) or fail at the protocol
 level — with token counts and durations drawn from the model's profile.
+
+About a third of the tasks come from two teams' tools through `costline proxy` instead of the Python API: team
+``search`` speaks the OpenAI Chat Completions API, team ``support`` the Ollama API. Which tasks, and whose, is drawn
+from its own seeded generator, so the tasks themselves are the same as without the proxy.
 """
 
 from __future__ import annotations
@@ -156,16 +160,41 @@ KINDS: tuple[TaskKind, ...] = (
 
 
 @dataclass(frozen=True)
+class Team:
+    """A team whose tool reaches the router through `costline proxy`."""
+
+    name: str
+    api: str  # API_OPENAI or API_OLLAMA: what its tool speaks
+    project: str
+    users: tuple[str, ...]
+
+
+API_OPENAI = "OpenAI"
+API_OLLAMA = "Ollama"
+TEAMS: tuple[Team, ...] = (
+    Team("search", API_OPENAI, "ranker", ("ada", "grace")),
+    Team("support", API_OLLAMA, "helpdesk", ("linus", "margaret", "alan")),
+)
+PROXY_SHARE = 1 / 3  # of the tasks, sent through the proxy by one of the TEAMS
+
+
+@dataclass(frozen=True)
 class DemoTask:
     number: int
     kind: TaskKind
     input_tokens: int
     critical: bool | None  # None: the router decides from the type
+    team: Team | None = None  # None: routed with the Python API; else sent through the proxy by this team
+    user: str | None = None
+
+    @property
+    def prompt(self) -> str:
+        template = self.kind.prompts[self.number % len(self.kind.prompts)]
+        return f"{template}. (demo task #{self.number})"
 
     def to_task(self) -> Task:
-        template = self.kind.prompts[self.number % len(self.kind.prompts)]
         return Task(
-            prompt=f"{template}. (demo task #{self.number})",
+            prompt=self.prompt,
             type=self.kind.type,
             critical=self.critical,
             prefer_escalation=self.kind.prefer_escalation,
@@ -175,13 +204,22 @@ class DemoTask:
 
 def make_tasks(count: int, seed: int) -> list[DemoTask]:
     rng = random.Random(f"costline-demo/{seed}")
+    senders = random.Random(f"costline-demo/{seed}/proxy")
     weights = [k.weight for k in KINDS]
     tasks = []
     for number in range(count):
         kind = rng.choices(KINDS, weights)[0]
         critical = True if rng.random() < kind.critical_share else None
-        tasks.append(DemoTask(number, kind, rng.randint(*kind.input_tokens), critical))
+        team = senders.choice(TEAMS) if senders.random() < PROXY_SHARE else None
+        user = senders.choice(team.users) if team else None
+        tasks.append(DemoTask(number, kind, rng.randint(*kind.input_tokens), critical, team, user))
     return tasks
+
+
+def task_number(text: str) -> int | None:
+    """The demo task number a prompt carries, if any."""
+    match = _MARKER.search(text)
+    return int(match.group(1)) if match else None
 
 
 class Simulation:
@@ -197,8 +235,8 @@ class Simulation:
 
     def _draw(self, body: dict[str, Any]) -> tuple[DemoTask, random.Random] | None:
         text = " ".join(str(m.get("content", "")) for m in body.get("messages", []) if m.get("role") == "user")
-        match = _MARKER.search(text)
-        task = self.tasks.get(int(match.group(1))) if match else None
+        number = task_number(text)
+        task = self.tasks.get(number) if number is not None else None
         if task is None:
             return None
         model = str(body.get("model"))
@@ -266,4 +304,16 @@ class Simulation:
         )
 
 
-__all__ = ["KINDS", "DemoTask", "Simulation", "TaskKind", "local_profile", "make_tasks"]
+__all__ = [
+    "API_OLLAMA",
+    "API_OPENAI",
+    "KINDS",
+    "TEAMS",
+    "DemoTask",
+    "Simulation",
+    "TaskKind",
+    "Team",
+    "local_profile",
+    "make_tasks",
+    "task_number",
+]
