@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
-from proxy.tasks import Answer, ProxyError, build_task, cost_headers, json_body, model_names, run_task
+from proxy.tasks import Answer, ProxyError, build_task, cost_headers, json_body, model_names, run_task, whole_stream
 from router import Router
 
 OLLAMA_API_VERSION = "0.12.6"  # the Ollama release whose API this follows
@@ -83,12 +82,9 @@ async def _answer(
     if body.get("stream") is False:
         return JSONResponse({**final, **_content(answer.result.text or "", as_chat)}, headers=headers)
 
-    async def lines() -> AsyncIterator[bytes]:
-        first = {"model": answer.model, "created_at": _timestamp(), **_content(answer.result.text or "", as_chat)}
-        yield _line({**first, "done": False})
-        yield _line({**final, "created_at": _timestamp(), **_content("", as_chat)})
-
-    return StreamingResponse(lines(), media_type=NDJSON, headers=headers)
+    first = {"model": answer.model, "created_at": _timestamp(), **_content(answer.result.text or "", as_chat)}
+    lines = [_line({**first, "done": False}), _line({**final, "created_at": _timestamp(), **_content("", as_chat)})]
+    return whole_stream(lines, media_type=NDJSON, headers=headers)
 
 
 def _line(obj: dict[str, Any]) -> bytes:

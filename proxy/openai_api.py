@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
-from proxy.tasks import ProxyError, build_task, cost_headers, json_body, model_names, run_task
+from proxy.tasks import ProxyError, build_task, cost_headers, json_body, model_names, run_task, whole_stream
 from router import Router
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error"}
@@ -85,15 +84,15 @@ async def chat_completions(router: Router, request: Request) -> Response:
         }
         return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
 
-    async def events() -> AsyncIterator[bytes]:
-        yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        yield chunk([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
-        yield chunk([{"index": 0, "delta": {}, "finish_reason": finish}])
-        if include_usage:
-            yield chunk([], usage=usage)
-        yield b"data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    events = [
+        chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]),
+        chunk([{"index": 0, "delta": {"content": text}, "finish_reason": None}]),
+        chunk([{"index": 0, "delta": {}, "finish_reason": finish}]),
+    ]
+    if include_usage:
+        events.append(chunk([], usage=usage))
+    events.append(b"data: [DONE]\n\n")
+    return whole_stream(events, media_type="text/event-stream", headers=headers)
 
 
 def _message(message: Any) -> dict[str, Any]:

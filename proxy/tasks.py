@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from costline import spans as attr
 from router import Router, Task, TaskResult
@@ -146,6 +147,15 @@ def _raise_for_outcome(answer: Answer) -> None:
         retry = math.ceil(result.retry_after_s) if result.retry_after_s is not None else 60
         raise ProxyError(429, result.error or result.outcome, kind=result.outcome, headers={"Retry-After": str(retry)})
     raise ProxyError(502, result.error or "every model failed", kind="all_models_failed")
+
+
+def whole_stream(parts: list[bytes], *, media_type: str, headers: dict[str, str]) -> Response:
+    """A stream whose parts are all known, sent as one body in one write.
+
+    The chain answers whole (a local model may fail mid-answer and the next one start over), so sending the parts
+    apart gains the client nothing, while each part costs a socket write that wakes the client, and a streaming
+    response a task watching for a disconnect. The client reads the same lines or events either way."""
+    return Response(b"".join(parts), media_type=media_type, headers=headers)
 
 
 def cost_headers(answer: Answer) -> dict[str, str]:
