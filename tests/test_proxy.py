@@ -4,11 +4,16 @@ the simulated Ollama and Claude — and every request is accounted like `costlin
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import ollama
@@ -265,3 +270,40 @@ def test_a_team_over_its_budget_gets_429_and_other_teams_go_on(fake_ollama, fake
     assert refused.value.code == "budget_exhausted"
     assert "team search's daily budget of $0.0070 reached: $0.0018 spent" in refused.value.message
     assert int(refused.value.response.headers["retry-after"]) <= 86400
+
+
+def test_costline_proxy_stopped_by_sigterm_delivers_the_spans_of_its_last_requests(
+    tmp_path, fake_ollama, otlp_receiver, unused_port
+):
+    config = tmp_path / "costline.toml"
+    config.write_text(
+        f'[router]\nusage_db = "{tmp_path / "usage.sqlite"}"\nollama_host = "{fake_ollama.url}"\n'
+        f'models = ["{PRIMARY}"]\n[telemetry]\notlp_endpoint = "{otlp_receiver.url}"\n'
+        f'spool_dir = "{tmp_path / "spool"}"\n[proxy]\nport = {unused_port}\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "COSTLINE_PROXY_TOKEN"))}
+    costline = str(Path(sys.executable).parent / "costline")
+    process = subprocess.Popen([costline, "proxy", "--config", str(config)], env=env, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{unused_port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/api/version").raise_for_status()
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and process.poll() is None, "the proxy did not start"
+                time.sleep(0.05)
+        reply = httpx.post(
+            f"{url}/api/chat", json={"model": "auto", "stream": False, "messages": [{"role": "user", "content": "x"}]}
+        )
+        assert reply.status_code == 200
+        # at once: the spans are still in the batch processor, not yet in the spool
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, stderr
+    names = sorted(span.name for _, _, span in otlp_receiver.spans())
+    assert names == [f"chat {PRIMARY}", "task general"]

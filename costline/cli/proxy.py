@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
 import typer
@@ -9,6 +10,8 @@ import typer
 from costline.cli.app import ConfigOption, app, console, fail, load_or_exit
 from costline.config import ConfigError
 from costline.net import is_loopback
+
+EXIT_TERMINATED = 143  # SIGTERM, as shells report it
 
 
 @app.command()
@@ -43,4 +46,18 @@ def proxy(
             f"claude, {', '.join(cfg.router.models)}",
             highlight=False,
         )
-        uvicorn.run(build_app(router, token=token), host=bind_host, port=bind_port, log_level="warning")
+        # uvicorn stops gracefully on SIGTERM, then raises the signal again; its default action would end the process
+        # before the router flushes the spans of the last half second (still in the batch processor, not yet in
+        # the spool). As an exception, it leaves through `with router`, which flushes them.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        uvicorn.run(
+            build_app(router, token=token),
+            host=bind_host,
+            port=bind_port,
+            log_level="warning",
+            access_log=False,  # a line per request; the spans are the record
+        )
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(EXIT_TERMINATED)
