@@ -1,12 +1,19 @@
 """Proxy overhead: the same tasks through `costline proxy` (OpenAI API, over HTTP) and through the router directly.
 
-The simulated Ollama (``costline/demo/fake_ollama.py``) answers every request after ``--latency-ms`` (default 10 ms)
-and runs in this process; `costline proxy` runs as its own process, as users run it, with spans going to a dead
-endpoint's spool (delivery is the router benchmark's subject). Reported:
+Three processes, so that none measures against another's work: the backend (the simulated Ollama of
+``costline/demo/fake_ollama.py``, answering every request after ``--latency-ms``, default 10 ms, and an OTLP/HTTP sink
+that acknowledges the spans, so they take the router's real delivery path and the spool stays empty), `costline proxy`
+as users run it, and this process, which sends the requests and runs the direct router. Reported:
 
-- p50 latency added per request at concurrency 1: proxy minus direct ``Router.arun``, medians of alternating rounds;
-- streaming: p50 time to the first chunk through the proxy, against the direct answer time;
-- throughput at ``--streams`` (default 64) concurrent streaming requests, and the proxy process's peak RSS (VmHWM).
+- p50 latency added per request at concurrency 1: proxy minus direct ``Router.arun``, medians of alternating rounds,
+  beside the p50 of a request that runs no task (``GET /v1/models``): the HTTP round trip, client side included;
+- streaming: p50 time to the first chunk through the proxy, and what it adds to the direct answer time;
+- throughput at ``--streams`` (default 64) concurrent streaming requests, each stream its own client and connection
+  sending ``--stream-requests`` requests back to back, beside the backend's own rate with the same streams straight
+  to the simulated Ollama (the ceiling the proxy works under) and this process's CPU share (< 100 %: the load
+  generator is not what limits the rate);
+- the proxy process's CPU per request (user + system, all its threads) at concurrency 1 and under the streams, and its
+  peak RSS (VmHWM).
 
     python bench/proxy_overhead.py
 """
@@ -23,18 +30,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 
 from costline.config import load_config
-from costline.demo.fake_ollama import FakeOllama, OllamaReply
 from router import Router, Task
 
 MODEL = "qwen2.5-coder:14b"
 TARGET_ADDED_MS = 2.0
 TARGET_RSS_MB = 300
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "Summarise: the numbers were flat."}]}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -50,96 +58,186 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _write_config(directory: Path, ollama_url: str, port: int) -> Path:
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _write_config(directory: Path, ollama_url: str, otlp_url: str, port: int) -> Path:
     path = directory / "costline.toml"
     path.write_text(
         f'[router]\nollama_host = "{ollama_url}"\nmodels = ["{MODEL}"]\nusage_db = "{directory / "usage.sqlite"}"\n'
-        f'[telemetry]\notlp_endpoint = "http://127.0.0.1:9"\nspool_dir = "{directory / "spool"}"\n'
+        f'[telemetry]\notlp_endpoint = "{otlp_url}"\nspool_dir = "{directory / "spool"}"\n'
         f"spool_max_mb = 64\n[proxy]\nport = {port}\n",
         encoding="utf-8",
     )
     return path
 
 
-async def _timed(call) -> float:  # type: ignore[no-untyped-def]
+def serve_backend(latency_s: float) -> None:
+    """The backend process: the simulated Ollama and an OTLP sink; prints their URLs, then the spans it received."""
+    from router_overhead import SpanCount, otlp_sink
+
+    from costline.demo.fake_ollama import FakeOllama, OllamaReply
+
+    received = SpanCount()
+    with FakeOllama(models=(MODEL,)) as fake, otlp_sink(received) as sink:
+        fake.set_default(MODEL, OllamaReply(content="Flat numbers.", delay_s=latency_s, chunks=4))
+        fake.requests = _Discard()  # the fake records every request; keep memory flat
+        print(json.dumps({"ollama": fake.url, "otlp": sink}), flush=True)
+        sys.stdin.read()  # until the benchmark closes it
+        print(json.dumps({"spans": received.spans}), flush=True)
+
+
+class _Discard(list):
+    def append(self, item: object) -> None:
+        pass
+
+
+async def _timed(call: Callable[[], Awaitable[None]]) -> float:
     start = time.perf_counter()
     await call()
     return (time.perf_counter() - start) * 1000
 
 
-async def measure(latency_s: float, requests: int, rounds: int, streams: int, directory: Path) -> dict[str, float]:
-    with FakeOllama(models=(MODEL,)) as fake:
-        fake.set_default(MODEL, OllamaReply(content="Flat numbers.", delay_s=latency_s, chunks=4))
+async def _streams(url: str, body: dict, streams: int, per_stream: int) -> tuple[float, float]:
+    """``streams`` clients, one connection each, each sending ``per_stream`` streaming requests back to back;
+    returns (requests/s, this process's CPU seconds per wall second).
+
+    One client per stream, as separate users would be: httpx's pool walks all its connections for every request
+    (httpcore 1.0), and one client holding 64 connections spends more CPU on that than on the requests."""
+    clients = [httpx.AsyncClient(timeout=60) for _ in range(streams)]
+
+    async def one(client: httpx.AsyncClient) -> None:
+        async with client.stream("POST", url, json=body) as response:
+            response.raise_for_status()
+            async for _ in response.aiter_bytes():
+                pass
+
+    async def stream(client: httpx.AsyncClient) -> None:
+        for _ in range(per_stream):
+            await one(client)
+
+    try:
+        await asyncio.gather(*(one(c) for c in clients))  # connect every stream before the clock starts
+        cpu0, start = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(stream(c) for c in clients))
+        elapsed = time.perf_counter() - start
+        return streams * per_stream / elapsed, (time.process_time() - cpu0) / elapsed
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
+
+
+async def measure(
+    latency_s: float, requests: int, rounds: int, streams: int, per_stream: int, directory: Path
+) -> dict[str, float]:
+    backend = subprocess.Popen(
+        [sys.executable, __file__, "--backend", "--latency-ms", str(latency_s * 1000)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    proxy: subprocess.Popen[bytes] | None = None
+    try:
+        assert backend.stdout is not None
+        urls = json.loads(backend.stdout.readline())
         port = _free_port()
-        config_path = _write_config(directory, fake.url, port)
+        config_path = _write_config(directory, urls["ollama"], urls["otlp"], port)
+        proxy_log = (directory / "proxy.log").open("wb")
         proxy = subprocess.Popen(
             [str(Path(sys.executable).parent / "costline"), "proxy", "--config", str(config_path)],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=proxy_log,
             env={k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "COSTLINE_PROXY_TOKEN"))},
         )
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        try:
-            async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=streams)) as client:
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        (await client.get(f"http://127.0.0.1:{port}/v1/models")).raise_for_status()
-                        break
-                    except httpx.TransportError:
-                        if time.monotonic() > deadline or proxy.poll() is not None:
-                            raise RuntimeError("costline proxy did not start") from None
-                        await asyncio.sleep(0.1)
-                with Router(load_config(config_path, env={})) as router:
+        async with httpx.AsyncClient(timeout=60) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    (await client.get(f"http://127.0.0.1:{port}/v1/models")).raise_for_status()
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline or proxy.poll() is not None:
+                        raise RuntimeError(f"costline proxy did not start; see {directory / 'proxy.log'}") from None
+                    await asyncio.sleep(0.1)
+            with Router(load_config(config_path, env={})) as router:
 
-                    async def direct() -> None:
-                        result = await router.arun(Task(BODY["messages"][0]["content"]))
-                        assert result.ok, result.error
+                async def direct() -> None:
+                    result = await router.arun(Task(BODY["messages"][0]["content"]))
+                    assert result.ok, result.error
 
-                    async def proxied() -> None:
-                        (await client.post(url, json=BODY)).raise_for_status()
+                async def round_trip() -> None:
+                    (await client.get(f"http://127.0.0.1:{port}/v1/models")).raise_for_status()
 
-                    async def first_chunk() -> None:
-                        async with client.stream("POST", url, json={**BODY, "stream": True}) as response:
-                            response.raise_for_status()
-                            async for _ in response.aiter_bytes():
-                                break
+                async def proxied() -> None:
+                    (await client.post(url, json=BODY)).raise_for_status()
 
-                    for _ in range(20):  # warm-up: connections, imports, price caches
-                        await direct()
-                        await proxied()
-                    times: dict[str, list[float]] = {"direct": [], "proxied": [], "first_chunk": []}
-                    for _ in range(rounds):  # alternate, so background load falls on all alike
-                        for name, call in (("direct", direct), ("proxied", proxied), ("first_chunk", first_chunk)):
-                            for _ in range(requests):
-                                times[name].append(await _timed(call))
-
-                    async def one_stream() -> None:
-                        async with client.stream("POST", url, json={**BODY, "stream": True}) as response:
-                            response.raise_for_status()
-                            async for _ in response.aiter_bytes():
-                                pass
-
-                    total = streams * 8
+                async def first_chunk() -> float:
                     start = time.perf_counter()
-                    for _ in range(total // streams):
-                        await asyncio.gather(*(one_stream() for _ in range(streams)))
-                    elapsed = time.perf_counter() - start
-        finally:
-            rss = _peak_rss_mb(proxy.pid) if proxy.poll() is None else float("nan")
+                    first: float | None = None
+                    async with client.stream("POST", url, json={**BODY, "stream": True}) as response:
+                        response.raise_for_status()
+                        async for _ in response.aiter_bytes():
+                            first = first or time.perf_counter()
+                    # read to the end: a response closed half-read costs its connection, and the next request a new one
+                    assert first is not None
+                    return (first - start) * 1000
+
+                for _ in range(20):  # warm-up: connections, imports, price caches
+                    await direct()
+                    await proxied()
+                times: dict[str, list[float]] = {"direct": [], "proxied": [], "first_chunk": [], "round_trip": []}
+                proxy_cpu = direct_cpu = 0.0
+                for _ in range(rounds):  # alternate, so background load falls on all alike
+                    direct_cpu0 = time.process_time()
+                    for _ in range(requests):
+                        times["direct"].append(await _timed(direct))
+                    direct_cpu += time.process_time() - direct_cpu0
+                    cpu0 = _cpu_s(proxy.pid)
+                    for _ in range(requests):
+                        times["proxied"].append(await _timed(proxied))
+                    for _ in range(requests):
+                        times["first_chunk"].append(await first_chunk())
+                    proxy_cpu += _cpu_s(proxy.pid) - cpu0
+                    for _ in range(requests):
+                        times["round_trip"].append(await _timed(round_trip))
+        ollama_stream = {"model": MODEL, "messages": BODY["messages"], "stream": True}
+        backend_rate, _ = await _streams(f"{urls['ollama']}/api/chat", ollama_stream, streams, per_stream)
+        cpu0 = _cpu_s(proxy.pid)
+        rate, load_cpu = await _streams(url, {**BODY, "stream": True}, streams, per_stream)
+        stream_cpu = _cpu_s(proxy.pid) - cpu0
+        rss = _peak_rss_mb(proxy.pid) if proxy.poll() is None else float("nan")
+    finally:
+        if proxy is not None:
             proxy.terminate()
             proxy.wait(timeout=30)
+        out, _ = backend.communicate("", timeout=30)
+    spans = json.loads(out.splitlines()[-1])["spans"] if out.strip() else -1
     p50 = {name: statistics.median(values) for name, values in times.items()}
+    proxied_requests = 2 * rounds * requests
     return {
         "latency_ms": latency_s * 1000,
         "requests_per_side": len(times["direct"]),
         "direct_p50_ms": round(p50["direct"], 3),
         "proxied_p50_ms": round(p50["proxied"], 3),
         "added_p50_ms": round(p50["proxied"] - p50["direct"], 3),
+        "round_trip_p50_ms": round(p50["round_trip"], 3),
         "first_chunk_p50_ms": round(p50["first_chunk"], 3),
+        "first_chunk_added_p50_ms": round(p50["first_chunk"] - p50["direct"], 3),
+        "proxy_cpu_ms_per_request": round(proxy_cpu / proxied_requests * 1000, 3),
+        "direct_cpu_ms_per_task": round(direct_cpu / (rounds * requests) * 1000, 3),
         "streams": streams,
-        "stream_requests_per_s": round(total / elapsed, 1),
+        "stream_requests": streams * per_stream,
+        "stream_requests_per_s": round(rate, 1),
+        "backend_requests_per_s": round(backend_rate, 1),
+        "load_generator_cpu_share": round(load_cpu, 3),
+        "proxy_cpu_ms_per_stream_request": round(stream_cpu / (streams * per_stream) * 1000, 3),
         "proxy_peak_rss_mb": round(rss, 1),
+        # every task (direct, proxied, warm-up, streams) is a task span and one attempt span
+        "spans_expected": 2 * (20 * 2 + 3 * rounds * requests + streams * (per_stream + 1)),
+        "spans_received": spans,
     }
 
 
@@ -148,11 +246,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=100, help="requests per side per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--streams", type=int, default=64)
+    parser.add_argument("--stream-requests", type=int, default=8, help="requests each stream sends")
     parser.add_argument("--latency-ms", type=float, default=10.0)
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    parser.add_argument("--backend", action="store_true", help=argparse.SUPPRESS)  # the backend process
     args = parser.parse_args(argv)
+    if args.backend:
+        serve_backend(args.latency_ms / 1000)
+        return 0
     with tempfile.TemporaryDirectory(prefix="costline-bench-proxy-") as tmp:
-        figures = asyncio.run(measure(args.latency_ms / 1000, args.requests, args.rounds, args.streams, Path(tmp)))
+        figures = asyncio.run(
+            measure(args.latency_ms / 1000, args.requests, args.rounds, args.streams, args.stream_requests, Path(tmp))
+        )
     if args.json:
         print(json.dumps(figures, indent=2))
         return 0
@@ -161,12 +266,27 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{figures['latency_ms']:.0f} ms backend, {figures['requests_per_side']} requests a side: direct router "
         f"{figures['direct_p50_ms']:.2f} ms, through the proxy {figures['proxied_p50_ms']:.2f} ms (p50); added "
-        f"{figures['added_p50_ms']:.2f} ms, target <= {TARGET_ADDED_MS:g} ms: {'met' if added_ok else 'MISSED'}"
+        f"{figures['added_p50_ms']:.2f} ms, target <= {TARGET_ADDED_MS:g} ms: {'met' if added_ok else 'MISSED'}; "
+        f"an HTTP round trip with no task (GET /v1/models, same client) takes {figures['round_trip_p50_ms']:.2f} ms"
     )
-    print(f"streaming: first chunk after {figures['first_chunk_p50_ms']:.2f} ms (p50; answers arrive whole)")
     print(
-        f"{figures['streams']} concurrent streams: {figures['stream_requests_per_s']:.0f} requests/s; proxy peak RSS "
-        f"{figures['proxy_peak_rss_mb']:.0f} MB, target < {TARGET_RSS_MB} MB: {'met' if rss_ok else 'MISSED'}"
+        f"streaming: first chunk after {figures['first_chunk_p50_ms']:.2f} ms (p50; answers arrive whole), "
+        f"{figures['first_chunk_added_p50_ms']:.2f} ms over the direct answer"
+    )
+    print(
+        f"CPU per request, all threads: the proxy process {figures['proxy_cpu_ms_per_request']:.2f} ms, the direct "
+        f"router {figures['direct_cpu_ms_per_task']:.2f} ms (this process, during the direct rounds)"
+    )
+    print(
+        f"{figures['streams']} concurrent streams, {figures['stream_requests']} requests: "
+        f"{figures['stream_requests_per_s']:.0f} requests/s through the proxy (the backend alone: "
+        f"{figures['backend_requests_per_s']:.0f}/s; load generator at {figures['load_generator_cpu_share']:.0%} "
+        f"of a core); proxy CPU {figures['proxy_cpu_ms_per_stream_request']:.2f} ms per request"
+    )
+    print(
+        f"proxy peak RSS {figures['proxy_peak_rss_mb']:.0f} MB, target < {TARGET_RSS_MB} MB: "
+        f"{'met' if rss_ok else 'MISSED'}; spans received {figures['spans_received']} of "
+        f"{figures['spans_expected']}"
     )
     return 0
 
