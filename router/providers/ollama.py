@@ -14,6 +14,10 @@ from router.errors import ProviderFailure, classify_ollama
 from router.providers import CallProgress, Endpoint, LazyClients, Reply
 
 NS_PER_S = 1e9
+# Concurrent calls per async client before another client is made. httpx's connection pool (httpcore 1.0) walks all
+# its connections, probing the idle ones, on every request and every release, so its cost per call grows with the
+# connections it holds; several small pools cost less than one large one.
+CALLS_PER_ASYNC_CLIENT = 8
 DONE_LENGTH = "length"  # Ollama's done_reason when the answer hit its length limit (num_predict or the context)
 
 
@@ -27,7 +31,7 @@ class OllamaProvider(LazyClients):
         # Clients are made on first use. They have no timeout by default: a hung server would block forever.
         self._client: ollama.Client | None = None
         self._lock = threading.Lock()  # run() may be called from several threads
-        self._async_client: ollama.AsyncClient | None = None
+        self._async_clients: list[_AsyncClient] = []  # one event loop's, made as concurrency needs them
 
     def chat(self, model: str, messages: Sequence[Mapping[str, Any]], progress: CallProgress) -> Reply:
         with self._lock:
@@ -44,16 +48,38 @@ class OllamaProvider(LazyClients):
             raise collector.failed(classify_ollama(exc, self.host)) from exc
 
     async def achat(self, model: str, messages: Sequence[Mapping[str, Any]], progress: CallProgress) -> Reply:
-        if self._async_client is None:
-            self._async_client = ollama.AsyncClient(host=self.host, timeout=self.timeout_s)
+        client = self._least_busy_async_client()
+        client.calls += 1
         deadline = time.monotonic() + self.timeout_s
         try:
             collector = _StreamCollector(model, self.host, deadline, progress)
-            async for chunk in await self._async_client.chat(model=model, messages=messages, stream=True):
+            async for chunk in await client.ollama.chat(model=model, messages=messages, stream=True):
                 collector.add(chunk)
             return collector.reply()
         except Exception as exc:
             raise collector.failed(classify_ollama(exc, self.host)) from exc
+        finally:
+            client.calls -= 1
+
+    def _least_busy_async_client(self) -> _AsyncClient:
+        client = min(self._async_clients, key=lambda c: c.calls, default=None)
+        if client is None or client.calls >= CALLS_PER_ASYNC_CLIENT:
+            client = _AsyncClient(ollama.AsyncClient(host=self.host, timeout=self.timeout_s))
+            self._async_clients.append(client)
+        return client
+
+    async def aclose(self) -> None:
+        clients, self._async_clients = self._async_clients, []
+        for client in clients:
+            await client.ollama.close()
+
+
+class _AsyncClient:
+    """An async client and the calls it has in flight (counted in its event loop's thread only)."""
+
+    def __init__(self, client: ollama.AsyncClient) -> None:
+        self.ollama = client
+        self.calls = 0
 
 
 class _StreamCollector:
