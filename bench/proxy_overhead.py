@@ -5,8 +5,9 @@ Three processes, so that none measures against another's work: the backend (the 
 that acknowledges the spans, so they take the router's real delivery path and the spool stays empty), `costline proxy`
 as users run it, and this process, which sends the requests and runs the direct router. Reported:
 
-- p50 latency added per request at concurrency 1: proxy minus direct ``Router.arun``, medians of alternating rounds,
-  beside the p50 of a request that runs no task (``GET /v1/models``): the HTTP round trip, client side included;
+- p50 latency added per request at concurrency 1: proxy minus direct ``Router.arun`` (the sides alternate in blocks
+  of 10 requests), beside the p50 of a request that runs no task (``GET /v1/models``): the HTTP round trip, client
+  side included;
 - streaming: p50 time to the first chunk through the proxy, and what it adds to the direct answer time;
 - throughput at ``--streams`` (default 64) concurrent streaming requests, each stream its own client and connection
   sending ``--stream-requests`` requests back to back, beside the backend's own rate with the same streams straight
@@ -43,6 +44,7 @@ TARGET_ADDED_MS = 2.0
 TARGET_RSS_MB = 300
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "Summarise: the numbers were flat."}]}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+BLOCK = 10  # requests a side before the next side's turn
 
 
 def _free_port() -> int:
@@ -190,18 +192,20 @@ async def measure(
                     await proxied()
                 times: dict[str, list[float]] = {"direct": [], "proxied": [], "first_chunk": [], "round_trip": []}
                 proxy_cpu = direct_cpu = 0.0
-                for _ in range(rounds):  # alternate, so background load falls on all alike
+                # Alternate in short blocks, so background load, and the spans this process's router sends every
+                # half second, fall on all sides alike.
+                for size in [BLOCK] * (rounds * requests // BLOCK) + [rounds * requests % BLOCK]:
                     direct_cpu0 = time.process_time()
-                    for _ in range(requests):
+                    for _ in range(size):
                         times["direct"].append(await _timed(direct))
                     direct_cpu += time.process_time() - direct_cpu0
                     cpu0 = _cpu_s(proxy.pid)
-                    for _ in range(requests):
+                    for _ in range(size):
                         times["proxied"].append(await _timed(proxied))
-                    for _ in range(requests):
+                    for _ in range(size):
                         times["first_chunk"].append(await first_chunk())
                     proxy_cpu += _cpu_s(proxy.pid) - cpu0
-                    for _ in range(requests):
+                    for _ in range(size):
                         times["round_trip"].append(await _timed(round_trip))
         ollama_stream = {"model": MODEL, "messages": BODY["messages"], "stream": True}
         backend_rate, _ = await _streams(f"{urls['ollama']}/api/chat", ollama_stream, streams, per_stream)
