@@ -7,7 +7,7 @@ as users run it, and this process, which sends the requests and runs the direct 
 
 - p50 latency added per request at concurrency 1: proxy minus direct ``Router.arun`` (the sides alternate in blocks
   of 10 requests), beside the p50 of a request that runs no task (``GET /v1/models``): the HTTP round trip, client
-  side included;
+  side included, and the p50 added with a minimal HTTP client (asyncio streams) instead of httpx;
 - streaming: p50 time to the first chunk through the proxy, and what it adds to the direct answer time;
 - throughput at ``--streams`` (default 64) concurrent streaming requests, each stream its own client and connection
   sending ``--stream-requests`` requests back to back, beside the backend's own rate with the same streams straight
@@ -97,6 +97,41 @@ class _Discard(list):
         pass
 
 
+class _MinimalClient:
+    """HTTP/1.1 on one kept-alive connection with nothing but asyncio streams: what the proxy adds, without what an
+    HTTP client library spends building the request and parsing the answer (the answers it reads have a
+    Content-Length, which the proxy always sends)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, path: str, body: dict) -> bytes:
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.streams
+        payload = json.dumps(body).encode()
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next(
+            int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+        )
+        answer = await reader.readexactly(length)
+        if status != 200:
+            raise RuntimeError(f"{status}: {answer[:200]!r}")
+        return answer
+
+    async def aclose(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            await self.streams[1].wait_closed()
+
+
 async def _timed(call: Callable[[], Awaitable[None]]) -> float:
     start = time.perf_counter()
     await call()
@@ -170,6 +205,11 @@ async def measure(
                     result = await router.arun(Task(BODY["messages"][0]["content"]))
                     assert result.ok, result.error
 
+                minimal = _MinimalClient("127.0.0.1", port)
+
+                async def proxied_minimal() -> None:
+                    await minimal.post("/v1/chat/completions", BODY)
+
                 async def round_trip() -> None:
                     (await client.get(f"http://127.0.0.1:{port}/v1/models")).raise_for_status()
 
@@ -190,8 +230,10 @@ async def measure(
                 for _ in range(20):  # warm-up: connections, imports, price caches
                     await direct()
                     await proxied()
-                times: dict[str, list[float]] = {"direct": [], "proxied": [], "first_chunk": [], "round_trip": []}
-                proxy_cpu = direct_cpu = 0.0
+                times: dict[str, list[float]] = {
+                    name: [] for name in ("direct", "proxied", "first_chunk", "round_trip", "minimal")
+                }
+                proxy_cpu = direct_cpu = client_cpu = 0.0
                 # Alternate in short blocks, so background load, and the spans this process's router sends every
                 # half second, fall on all sides alike.
                 for size in [BLOCK] * (rounds * requests // BLOCK) + [rounds * requests % BLOCK]:
@@ -199,14 +241,18 @@ async def measure(
                     for _ in range(size):
                         times["direct"].append(await _timed(direct))
                     direct_cpu += time.process_time() - direct_cpu0
-                    cpu0 = _cpu_s(proxy.pid)
+                    cpu0, client_cpu0 = _cpu_s(proxy.pid), time.process_time()
                     for _ in range(size):
                         times["proxied"].append(await _timed(proxied))
+                    client_cpu += time.process_time() - client_cpu0
                     for _ in range(size):
                         times["first_chunk"].append(await first_chunk())
                     proxy_cpu += _cpu_s(proxy.pid) - cpu0
                     for _ in range(size):
                         times["round_trip"].append(await _timed(round_trip))
+                    for _ in range(size):
+                        times["minimal"].append(await _timed(proxied_minimal))
+                await minimal.aclose()
         ollama_stream = {"model": MODEL, "messages": BODY["messages"], "stream": True}
         backend_rate, _ = await _streams(f"{urls['ollama']}/api/chat", ollama_stream, streams, per_stream)
         cpu0 = _cpu_s(proxy.pid)
@@ -228,10 +274,13 @@ async def measure(
         "proxied_p50_ms": round(p50["proxied"], 3),
         "added_p50_ms": round(p50["proxied"] - p50["direct"], 3),
         "round_trip_p50_ms": round(p50["round_trip"], 3),
+        "minimal_client_p50_ms": round(p50["minimal"], 3),
+        "minimal_client_added_p50_ms": round(p50["minimal"] - p50["direct"], 3),
         "first_chunk_p50_ms": round(p50["first_chunk"], 3),
         "first_chunk_added_p50_ms": round(p50["first_chunk"] - p50["direct"], 3),
         "proxy_cpu_ms_per_request": round(proxy_cpu / proxied_requests * 1000, 3),
         "direct_cpu_ms_per_task": round(direct_cpu / (rounds * requests) * 1000, 3),
+        "client_cpu_ms_per_request": round(client_cpu / (rounds * requests) * 1000, 3),
         "streams": streams,
         "stream_requests": streams * per_stream,
         "stream_requests_per_s": round(rate, 1),
@@ -240,7 +289,7 @@ async def measure(
         "proxy_cpu_ms_per_stream_request": round(stream_cpu / (streams * per_stream) * 1000, 3),
         "proxy_peak_rss_mb": round(rss, 1),
         # every task (direct, proxied, warm-up, streams) is a task span and one attempt span
-        "spans_expected": 2 * (20 * 2 + 3 * rounds * requests + streams * (per_stream + 1)),
+        "spans_expected": 2 * (20 * 2 + 4 * rounds * requests + streams * (per_stream + 1)),
         "spans_received": spans,
     }
 
@@ -274,12 +323,17 @@ def main(argv: list[str] | None = None) -> int:
         f"an HTTP round trip with no task (GET /v1/models, same client) takes {figures['round_trip_p50_ms']:.2f} ms"
     )
     print(
+        f"through the proxy with a minimal HTTP client (asyncio streams, no HTTP library): "
+        f"{figures['minimal_client_p50_ms']:.2f} ms (p50), added {figures['minimal_client_added_p50_ms']:.2f} ms"
+    )
+    print(
         f"streaming: first chunk after {figures['first_chunk_p50_ms']:.2f} ms (p50; answers arrive whole), "
         f"{figures['first_chunk_added_p50_ms']:.2f} ms over the direct answer"
     )
     print(
         f"CPU per request, all threads: the proxy process {figures['proxy_cpu_ms_per_request']:.2f} ms, the direct "
-        f"router {figures['direct_cpu_ms_per_task']:.2f} ms (this process, during the direct rounds)"
+        f"router {figures['direct_cpu_ms_per_task']:.2f} ms (this process, during the direct rounds), the HTTP client "
+        f"{figures['client_cpu_ms_per_request']:.2f} ms (this process, during the proxied rounds)"
     )
     print(
         f"{figures['streams']} concurrent streams, {figures['stream_requests']} requests: "
