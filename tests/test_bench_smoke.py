@@ -89,6 +89,28 @@ def test_router_overhead_bench_routes_every_task_once() -> None:
         assert figures["wall_bare_us"] > 0 and figures["wall_routed_us"] > 0
 
 
+def test_proxy_overhead_bench_accounts_every_request_through_the_proxy_and_the_router() -> None:
+    result = _run(
+        "proxy_overhead.py",
+        "--requests",
+        "5",
+        "--rounds",
+        "1",
+        "--streams",
+        "4",
+        "--stream-requests",
+        "2",
+        "--latency-ms",
+        "1",
+    )
+    assert result["requests_per_side"] == 5 and result["stream_requests"] == 8
+    # Every task, direct or through the proxy, is a task span and an attempt span, received by the backend's sink
+    # after `costline proxy` was stopped with SIGTERM.
+    assert result["spans_received"] == result["spans_expected"] > 0
+    assert result["proxy_cpu_ms_per_request"] > 0 and result["stream_requests_per_s"] > 0
+    assert 0 < result["proxy_peak_rss_mb"] < 1000
+
+
 @pytest.mark.parametrize("rows", [4000])
 def test_reports_bench_reports_and_scrapes_the_generated_ledger(tmp_path: Path, rows: int) -> None:
     result = _run("reports.py", "--rows", str(rows), "--repeats", "1", "--scrapes", "2", "--workdir", str(tmp_path))
