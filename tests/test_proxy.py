@@ -307,3 +307,37 @@ def test_costline_proxy_stopped_by_sigterm_delivers_the_spans_of_its_last_reques
     assert process.returncode == 143, stderr
     names = sorted(span.name for _, _, span in otlp_receiver.spans())
     assert names == [f"chat {PRIMARY}", "task general"]
+
+
+def test_concurrent_requests_are_each_one_task_with_its_own_answer_and_spans(served, fake_ollama, spans):
+    """More requests at once than one Ollama client pool takes (router/providers/ollama.py spreads them)."""
+    proxy = served
+    fake_ollama.set_default(PRIMARY, lambda body: OllamaReply(content=body["messages"][-1]["content"], delay_s=0.2))
+    requests = 20
+
+    async def ask_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        f"{proxy.url}/v1/chat/completions",
+                        json={
+                            "model": "auto",
+                            "stream": n % 2 == 0,
+                            "messages": [{"role": "user", "content": f"q{n}"}],
+                        },
+                    )
+                    for n in range(requests)
+                )
+            )
+
+    replies = asyncio.run(ask_all())
+    assert all(r.status_code == 200 for r in replies)
+    assert [f"q{n}" in r.text for n, r in enumerate(replies)] == [True] * requests
+    task_ids = {r.headers["x-costline-task-id"] for r in replies}
+    assert len(task_ids) == requests
+    for task_id in task_ids:
+        assert spans.task(task_id).attributes[attr.TASK_OUTCOME] == "completed"
+        assert [a.attributes[attr.REQUEST_MODEL] for a in spans.attempts(task_id)] == [PRIMARY]
+    # the calls overlapped (several connections at once)
+    assert len({r.client_port for r in fake_ollama.requests if r.path == "/api/chat"}) > 1
