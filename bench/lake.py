@@ -7,7 +7,7 @@
 2. Lag: at ``--ingest-rate`` spans/s (one collector's target, 50k/s) a flush interval of 10 s leaves
    ``rate × 10`` rows to flush; the lag peaks at the interval plus that flush's duration, measured here.
 3. ``costline report --lake --since 30d --by model`` as a subprocess over a lake of ``--report-rows`` rows (copied
-   from a generated ledger in one statement, as many flushes would leave them).
+   from a generated ledger in transactions of 100k rows, one data file each, as the collector's flushes leave them).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ledger_gen
 from ingest import costline_command
 
-from collector.lake import LakeFlusher
+from collector.lake import FLUSH_ROWS, LakeFlusher
 from collector.lake_connect import connect_lake
 from collector.ledger import open_ledger
 from costline.config import LakeConfig
@@ -90,9 +90,13 @@ def report_over_lake(rows: int, repeats: int, workdir: Path, say) -> dict[str, o
         for table in ("attempts", "tasks"):
             flusher.migrate(table)  # the lake table as a flush creates it
             columns = ", ".join(r[0] for r in local.execute(f"DESCRIBE {table}").fetchall())
-            con.register("rows", local.execute(f"SELECT {columns} FROM {table}").to_arrow_reader(1 << 20))
-            con.execute(f"INSERT INTO lake.{table} ({columns}) SELECT {columns} FROM rows")
-            con.unregister("rows")
+            # One transaction (one data file) per FLUSH_ROWS rows in ledger order (DuckDB keeps insertion
+            # order), as the collector's flushes leave them, rather than one bulk file.
+            reader = local.execute(f"SELECT {columns} FROM {table}").to_arrow_reader(FLUSH_ROWS)
+            for batch in reader:
+                con.register("rows", batch)
+                con.execute(f"INSERT INTO lake.{table} ({columns}) SELECT {columns} FROM rows")
+                con.unregister("rows")
         lake_rows = con.execute("SELECT count(*) FROM lake.attempts").fetchone()[0]
     finally:
         con.close()
