@@ -125,12 +125,11 @@ def test_usage_shows_each_team_budget_as_the_router_counts_it(fake_ollama, fake_
         '[budgets.teams."search"]\ndaily_usd = 0.007\n[budgets.teams."support"]\n'
     )
     config = load_config(path, env={})
-    started = datetime.now(UTC)
-    with Router(config) as router:
+    # One fixed moment for the router's usage store and the command alike: the day is the same whenever this runs.
+    with clock.pinned(datetime(2026, 6, 15, 12, tzinfo=UTC)), Router(config) as router:
         assert router.run(Task("review", prefer_escalation=True, team="search")).escalated  # $0.0018
         refused = router.run(Task("review again", prefer_escalation=True, team="search"))
         assert router.run(Task("review", prefer_escalation=True, team="ads")).escalated  # no budget of its own
-    with clock.pinned(started):  # asked about the day the calls began, should the test cross midnight
         usage = cli_json("usage", "-c", str(path))
         table = runner.invoke(app, ["usage", "-c", str(path)], terminal_width=200)
     assert refused.outcome == "budget_exhausted"  # its bound of $0.0063 no longer fits under $0.007
