@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ledger_gen
-from ingest import costline_command
+from reports import report_subprocess
 
 from collector.lake import FLUSH_ROWS, LakeFlusher
 from collector.lake_connect import connect_lake
@@ -107,18 +106,7 @@ def report_over_lake(rows: int, repeats: int, workdir: Path, say) -> dict[str, o
         encoding="utf-8",
     )
     say("report: costline report --lake --since 30d --by model (subprocess) …")
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        done = subprocess.run(
-            [*costline_command(), "report", "--lake", "--since", "30d", "--by", "model", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        times.append(time.perf_counter() - started)
-        if done.returncode != 0:
-            raise RuntimeError(f"costline report --lake failed: {done.stderr[-2000:]}")
+    times, _ = report_subprocess(config, repeats, "--lake")
     return {"lake_rows": lake_rows, "report_s": times, "report_median_s": statistics.median(times)}
 
 

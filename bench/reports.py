@@ -63,12 +63,13 @@ ledger = "{ledger}"
     return path
 
 
-def _report_subprocess(config: Path, repeats: int) -> tuple[list[float], str]:
+def report_subprocess(config: Path, repeats: int, *options: str) -> tuple[list[float], str]:
+    """`costline report [options] --since 30d --by model`, as users run it, `repeats` times: wall times, last output."""
     times, output = [], ""
     for _ in range(repeats):
         started = time.perf_counter()
         done = subprocess.run(
-            [*costline_command(), "report", "--since", "30d", "--by", "model", "--config", str(config)],
+            [*costline_command(), "report", *options, "--since", "30d", "--by", "model", "--config", str(config)],
             capture_output=True,
             text=True,
             check=False,
@@ -105,7 +106,7 @@ def run(rows: int, repeats: int, scrapes: int, workdir: Path, say) -> dict[str, 
     config = load_config(config_path)
 
     say("costline report --since 30d --by model (subprocess) …")
-    report_times, output = _report_subprocess(config_path, repeats)
+    report_times, output = report_subprocess(config_path, repeats)
     if "claude-sonnet-4-6" not in output:
         raise RuntimeError(f"the report does not show the models: {output[:500]}")
     in_process = []
@@ -146,7 +147,7 @@ def run(rows: int, repeats: int, scrapes: int, workdir: Path, say) -> dict[str, 
         locked_config.write_text(
             config_path.read_text().replace("metrics_port = 0", f"metrics_port = {port}"), encoding="utf-8"
         )
-        via_collector, _ = _report_subprocess(locked_config, repeats)
+        via_collector, _ = report_subprocess(locked_config, repeats)
     finally:
         collector.stop()
 
